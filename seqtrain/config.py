@@ -1,0 +1,347 @@
+"""Typed run configuration: YAML files -> frozen dataclasses, parsed and validated once.
+
+Sections and keys follow OpenNMT-tf where the feature is the same (``model_dir``, ``data``,
+``params``, ``train``, ``eval``, ``infer``); ``model`` holds the Transformer's constructor
+arguments. Every default is written once, here, next to a one-line comment;
+``config/reference.yml`` lists them all and a test keeps the two identical.
+
+Several files merge left to right (later files override earlier ones, dictionaries merge
+recursively). Unknown keys, wrong types and out-of-range values raise ``SeqtrainError`` with the
+file, the key, the allowed values and, for unknown keys, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+from seqtrain.errors import SeqtrainError
+
+
+def _meta(minimum=None, maximum=None, path=False):
+    """Field metadata: numeric bounds (inclusive) and whether the value is a file path."""
+    return {"min": minimum, "max": maximum, "path": path}
+
+
+def _opt(default, **meta):
+    return field(default=default, metadata=_meta(**meta))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_features_file: Optional[str] = _opt(None, path=True)  # training source text
+    train_labels_file: Optional[str] = _opt(None, path=True)  # training target text
+    train_alignments: Optional[str] = _opt(None, path=True)  # Pharaoh i-j (source-target) links
+    eval_features_file: Optional[str] = _opt(None, path=True)  # dev source text
+    eval_labels_file: Optional[str] = _opt(None, path=True)  # dev target references
+    eval_alignments: Optional[str] = _opt(None, path=True)  # dev gold links (sure/possible) for AER
+    source_vocabulary: Optional[str] = _opt(None, path=True)  # one token per line, <blank> <s> </s>
+    target_vocabulary: Optional[str] = _opt(None, path=True)  # one token per line, <blank> <s> </s>
+    source_tokenization: Optional[str] = _opt(None, path=True)  # SentencePiece model; null = spaces
+    target_tokenization: Optional[str] = _opt(None, path=True)  # SentencePiece model; null = spaces
+    alignment_level: Literal["tokens", "words"] = "tokens"  # indices count model tokens or words
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_layers: int = _opt(6, minimum=1)  # encoder and decoder layers each
+    num_units: int = _opt(512, minimum=1)  # model dimension d
+    num_heads: int = _opt(8, minimum=1)  # attention heads (must divide num_units)
+    ffn_inner_dim: int = _opt(2048, minimum=1)  # feed-forward inner size
+    dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # on embeddings and sublayer outputs
+    attention_dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # on attention probabilities
+    ffn_dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # after the FFN's ReLU
+    share_embeddings: Literal["none", "source_target_input", "target", "all"] = "none"  # tying
+    alignment_layer: int = -1  # decoder layer whose cross-attention is guided (-1 = last)
+    alignment_heads: int = _opt(1, minimum=0)  # guided heads: first k averaged, 0 = all heads
+
+
+@dataclass(frozen=True)
+class OptimizerParams:
+    beta_1: float = _opt(0.9, minimum=0.0, maximum=1.0)  # first-moment decay
+    beta_2: float = _opt(0.998, minimum=0.0, maximum=1.0)  # second-moment decay (recipe value)
+    epsilon: float = _opt(1e-7, minimum=0.0)  # denominator fuzz
+
+
+@dataclass(frozen=True)
+class DecayParams:
+    model_dim: int = _opt(512, minimum=1)  # NoamDecay: d in d^-0.5
+    warmup_steps: int = _opt(8000, minimum=1)  # NoamDecay: linear warm-up length
+
+
+@dataclass(frozen=True)
+class ParamsConfig:
+    optimizer: Literal["LazyAdam", "Adam"] = "LazyAdam"  # LazyAdam updates only seen embedding rows
+    optimizer_params: OptimizerParams = field(default_factory=OptimizerParams)  # Adam betas, eps
+    learning_rate: float = _opt(2.0, minimum=0.0)  # constant LR, or the scale of the decay
+    decay_type: Optional[Literal["NoamDecay"]] = "NoamDecay"  # null = constant learning rate
+    decay_params: DecayParams = field(default_factory=DecayParams)  # arguments of decay_type
+    start_decay_steps: int = _opt(0, minimum=0)  # steps before the schedule starts counting
+    decay_step_duration: int = _opt(1, minimum=1)  # optimizer steps per schedule step
+    minimum_learning_rate: float = _opt(0.0, minimum=0.0)  # floor of the decayed LR
+    label_smoothing: float = _opt(0.1, minimum=0.0, maximum=1.0)  # epsilon, training only
+    average_loss_in_time: bool = True  # normalize by tokens (True) or by sentences (False)
+    guided_alignment_type: Optional[Literal["ce", "mse"]] = None  # null = no guided alignment
+    guided_alignment_weight: float = _opt(1.0, minimum=0.0)  # weight of the alignment cost
+    guided_alignment_normalization: Literal["opennmt", "aligned_tokens"] = "opennmt"  # see DESIGN
+    clip_gradients: Optional[float] = _opt(None, minimum=0.0)  # global-norm clip, null = off
+    beam_width: int = _opt(4, minimum=1)  # 1 = greedy decoding
+    length_penalty: float = _opt(0.6, minimum=0.0)  # GNMT alpha for beam search (0 = off)
+    maximum_decoding_length: int = _opt(250, minimum=1)  # hard cap on output tokens
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = _opt(3072, minimum=1)  # per replica, in batch_type units
+    batch_type: Literal["tokens", "examples"] = "tokens"  # tokens: padded size of longest side
+    effective_batch_size: Optional[int] = _opt(None, minimum=1)  # accumulate up to this, all reps
+    maximum_features_length: Optional[int] = _opt(100, minimum=1)  # drop longer source lines
+    maximum_labels_length: Optional[int] = _opt(100, minimum=1)  # drop longer target lines
+    length_bucket_width: int = _opt(1, minimum=0)  # bucket by target length; 0 = no buckets
+    sample_buffer_size: int = _opt(500000, minimum=-1)  # shuffle buffer, -1 = whole corpus
+    save_checkpoints_steps: int = _opt(5000, minimum=1)  # checkpoint period (steps)
+    keep_checkpoint_max: int = _opt(8, minimum=1)  # checkpoints kept on disk
+    save_summary_steps: int = _opt(100, minimum=1)  # log line / TensorBoard period (steps)
+    max_step: Optional[int] = _opt(500000, minimum=1)  # stop after this many updates
+    seed: int = 1234  # shuffling, initialization and dropout seed
+    mixed_precision: bool = False  # float16 compute + dynamic loss scaling
+    jit_compile: bool = False  # XLA-compile the forward/backward (fixed bucket shapes only)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    metric: str = "loss"  # loss | perplexity | bleu | chrf | aer
+    min_improvement: float = 0.0  # smallest change that counts as better
+    steps: int = _opt(4, minimum=1)  # evaluations without improvement before stopping
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    steps: Optional[int] = _opt(5000, minimum=1)  # evaluate every N steps, null = never
+    batch_size: int = _opt(32, minimum=1)  # examples per evaluation batch
+    scorers: tuple[str, ...] = ("bleu",)  # bleu, chrf (sacrebleu on detokenized text)
+    early_stopping: Optional[EarlyStopping] = None  # {metric, min_improvement, steps}
+    export_on_best: Optional[str] = None  # metric whose best value exports a SavedModel
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    batch_size: int = _opt(32, minimum=1)  # examples per decoding batch
+    with_alignments: Optional[Literal["hard", "soft"]] = None  # print alignments after |||
+    with_scores: bool = False  # print the hypothesis score first
+    n_best: int = _opt(1, minimum=1)  # hypotheses printed per input
+
+
+@dataclass(frozen=True)
+class Config:
+    model_dir: str = _opt("", path=True)  # checkpoints, logs, caches (required)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    params: ParamsConfig = field(default_factory=ParamsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+SCORERS = ("bleu", "chrf")
+EARLY_STOPPING_METRICS = ("loss", "perplexity", "bleu", "chrf", "aer")
+
+# Files each command needs, checked before anything is written to model_dir.
+REQUIRED_FILES = {
+    "train": ("train_features_file", "train_labels_file", "source_vocabulary", "target_vocabulary"),
+    "infer": ("source_vocabulary", "target_vocabulary"),
+}
+
+
+def load_config(paths: list[str], overrides: Optional[dict] = None) -> Config:
+    """Read, merge (left to right) and validate YAML files; ``overrides`` merge last."""
+    merged: dict = {}
+    origin = "<config>"
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                content = yaml.safe_load(f)
+        except OSError as e:
+            raise SeqtrainError(f"{path}: cannot read the configuration: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise SeqtrainError(f"{path}: invalid YAML: {_one_line(e)}") from e
+        if content is None:
+            content = {}
+        if not isinstance(content, dict):
+            raise SeqtrainError(f"{path}: the top level must be a mapping of sections")
+        # Check each file alone first so errors name the file that holds the bad key.
+        # Paths stay relative to the working directory, as in OpenNMT-tf.
+        build(content, path)
+        merged = merge(merged, content)
+        origin = path if origin == "<config>" else f"{origin} + {path}"
+    if overrides:
+        merged = merge(merged, overrides)
+    config = build(merged, origin)
+    if not config.model_dir:
+        raise SeqtrainError(f"{origin}: model_dir is required (where checkpoints and logs go)")
+    return config
+
+
+def merge(a: dict, b: dict) -> dict:
+    """Recursive dict merge: values of ``b`` win, nested mappings merge."""
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build(raw: dict, origin: str) -> Config:
+    """Validate ``raw`` against ``Config`` (model_dir is checked after merging)."""
+    return _build_dataclass(Config, raw, origin, "")
+
+
+def _build_dataclass(cls, raw: Any, origin: str, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        where = prefix.rstrip(".") or "top level"
+        raise SeqtrainError(f"{origin}: '{where}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            valid = ", ".join(fields)
+            raise SeqtrainError(f"{origin}: unknown key '{name}'.{hint} Valid keys here: {valid}")
+        values[key] = _convert(hints[key], value, fields[key], origin, name)
+    return cls(**values)
+
+
+def _convert(hint, value, fld, origin: str, name: str, nullable: bool = False):
+    """Convert one YAML value to the annotated type, or raise a SeqtrainError naming the key."""
+    origin_type = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin_type in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, fld, origin, name, nullable=True)
+    if dataclasses.is_dataclass(hint):
+        return _build_dataclass(hint, value, origin, f"{name}.")
+    if origin_type is Literal:
+        if value not in args:
+            allowed = ", ".join([str(a) for a in args] + (["null"] if nullable else []))
+            raise SeqtrainError(f"{origin}: {name} = {value!r} is not valid; allowed: {allowed}")
+        return value
+    if origin_type is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise SeqtrainError(f"{origin}: {name} must be a list, got {value!r}")
+        return tuple(_convert(args[0], v, fld, origin, name) for v in value)
+    return _check_scalar(hint, value, fld, origin, name)
+
+
+def _check_scalar(hint, value, fld, origin: str, name: str):
+    expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise SeqtrainError(f"{origin}: {name} must be {expected[hint]}, got {value!r}")
+    if hint is float:
+        value = float(value)
+    meta = fld.metadata if fld is not None else {}
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and value < low:
+        raise SeqtrainError(f"{origin}: {name} = {value!r} is too small; it must be >= {low}")
+    if high is not None and value > high:
+        raise SeqtrainError(f"{origin}: {name} = {value!r} is too large; it must be <= {high}")
+    return value
+
+
+def check(config: Config, origin: str = "<config>") -> None:
+    """Cross-field rules that single keys cannot express."""
+    m = config.model
+    if m.num_units % m.num_heads:
+        raise SeqtrainError(
+            f"{origin}: model.num_units ({m.num_units}) must be divisible by model.num_heads "
+            f"({m.num_heads})"
+        )
+    if not -m.num_layers <= m.alignment_layer < m.num_layers:
+        raise SeqtrainError(
+            f"{origin}: model.alignment_layer = {m.alignment_layer} is out of range for "
+            f"{m.num_layers} layers; use -1 (last) to {m.num_layers - 1}"
+        )
+    if m.alignment_heads > m.num_heads:
+        raise SeqtrainError(
+            f"{origin}: model.alignment_heads = {m.alignment_heads} exceeds model.num_heads "
+            f"({m.num_heads}); use 1..{m.num_heads}, or 0 for all heads"
+        )
+    for scorer in config.eval.scorers:
+        if scorer not in SCORERS:
+            raise SeqtrainError(
+                f"{origin}: eval.scorers has '{scorer}'; allowed: {', '.join(SCORERS)}"
+            )
+    stopping = config.eval.early_stopping
+    if stopping is not None and stopping.metric not in EARLY_STOPPING_METRICS:
+        raise SeqtrainError(
+            f"{origin}: eval.early_stopping.metric = '{stopping.metric}'; allowed: "
+            f"{', '.join(EARLY_STOPPING_METRICS)}"
+        )
+    if config.params.guided_alignment_type and not config.data.train_alignments:
+        raise SeqtrainError(
+            f"{origin}: params.guided_alignment_type is '{config.params.guided_alignment_type}' "
+            "but data.train_alignments is not set; give a Pharaoh file or set it to null"
+        )
+
+
+def check_files(config: Config, command: str, origin: str = "<config>") -> None:
+    """Every file the command needs is set and readable (before anything is written)."""
+    data = config.data
+    for key in REQUIRED_FILES.get(command, ()):
+        if not getattr(data, key):
+            raise SeqtrainError(f"{origin}: data.{key} is required for '{command}'")
+    for fld in dataclasses.fields(DataConfig):
+        path = getattr(data, fld.name)
+        if fld.metadata.get("path") and path and not os.path.isfile(path):
+            raise SeqtrainError(
+                f"{origin}: data.{fld.name} = '{path}' does not exist (paths are relative to "
+                f"the directory seqtrain runs in: {os.getcwd()})"
+            )
+
+
+def to_dict(config: Config) -> dict:
+    """Plain nested dict (tuples as lists) for YAML output."""
+
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config)
+
+
+def save_config(config: Config, path: str) -> None:
+    """Write the resolved configuration (every key, defaults included) atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(config), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())

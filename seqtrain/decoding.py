@@ -1,0 +1,280 @@
+"""Greedy and beam search on the model's incremental API, forced decoding, hard alignments.
+
+The searches are graph code (``tf.while_loop``) on any object with the incremental API of
+``seqtrain.model.Transformer`` (``encode``, ``initial_cache``, ``cache_shape_invariants``,
+``decode_step``). ``compile_search`` wraps one in a ``tf.function`` whose input signature has
+``None`` batch and length dimensions, so it is traced once for all batch shapes.
+
+Conventions (both searches):
+  * decoding starts from ``<s>`` and runs at most ``maximum_length`` steps; ``</s>`` ends a
+    hypothesis; a hypothesis that never emits it is cut at ``maximum_length`` tokens;
+  * ``ids`` hold the output tokens without ``<s>`` and without ``</s>``, then PAD (0);
+    ``lengths`` count those tokens;
+  * a score is the sum of the token log-probabilities, ``</s>``'s included; beam search divides
+    it by the GNMT length penalty ((5 + |Y|) / 6)^alpha, |Y| = generated tokens including
+    ``</s>`` when emitted;
+  * ``attention[b, n, t]`` is the alignment attention (model.alignment_layer/heads) of the step
+    that produced token t of hypothesis n, over the source positions (rows >= length are 0).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from seqtrain.errors import SeqtrainError
+
+# Vocabulary ids fixed by the data contract (see CONTRACT / seqtrain.data).
+BOS_ID = 1
+EOS_ID = 2
+# Score of impossible candidates; finite so no inf - inf NaN can appear.
+NEG_INF = -1e9
+
+
+class DecodingResult(NamedTuple):
+    ids: tf.Tensor  # int32 [B, N, L] tokens, no <s>/</s>, PAD after the length
+    lengths: tf.Tensor  # int32 [B, N]
+    scores: tf.Tensor  # float32 [B, N], best first
+    attention: tf.Tensor  # float32 [B, N, L, S]
+
+
+def greedy_search(model, source_ids, source_length, maximum_length):
+    """Greedy decoding: the argmax token at each step.
+
+    Args:
+      model: incremental decoding API (see the module docstring).
+      source_ids: int32 [B, S]; source_length: int32 [B]; maximum_length: int scalar.
+
+    Returns:
+      ``DecodingResult`` with N = 1; scores are plain sums of log-probabilities.
+    """
+    batch, source_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
+    memory, memory_mask = model.encode(source_ids, source_length)
+    cache = model.initial_cache(memory, memory_mask)
+    state = {
+        "step": tf.constant(0),
+        "inputs": tf.fill([batch], BOS_ID),
+        "cache": cache,
+        "finished": tf.zeros([batch], tf.bool),
+        "lengths": tf.zeros([batch], tf.int32),
+        "scores": tf.zeros([batch], tf.float32),
+        "ids": tf.zeros([batch, 0], tf.int32),
+        "attention": tf.zeros([batch, 0, source_len]),
+    }
+    invariants = {
+        "step": tf.TensorShape([]),
+        "inputs": tf.TensorShape([None]),
+        "cache": model.cache_shape_invariants(cache),
+        "finished": tf.TensorShape([None]),
+        "lengths": tf.TensorShape([None]),
+        "scores": tf.TensorShape([None]),
+        "ids": tf.TensorShape([None, None]),
+        "attention": tf.TensorShape([None, None, None]),
+    }
+
+    # The loop variables are a 1-tuple holding the state dict (tf.while_loop wants a sequence).
+    def cond(state):
+        alive = tf.logical_not(tf.reduce_all(state["finished"]))
+        return tf.logical_and(state["step"] < maximum_length, alive)
+
+    def body(state):
+        logits, attention, cache = model.decode_step(state["inputs"], state["step"], state["cache"])
+        log_probs = tf.nn.log_softmax(logits)
+        tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        token_scores = tf.gather(log_probs, tokens, batch_dims=1)
+        finished = tf.logical_or(state["finished"], tf.equal(tokens, EOS_ID))
+        return (
+            {
+                "step": state["step"] + 1,
+                "inputs": tokens,
+                "cache": cache,
+                "finished": finished,
+                # A token counts if its sentence was open and it is not </s>.
+                "lengths": state["lengths"] + tf.cast(tf.logical_not(finished), tf.int32),
+                "scores": state["scores"] + tf.where(state["finished"], 0.0, token_scores),
+                "ids": tf.concat([state["ids"], tokens[:, tf.newaxis]], axis=1),
+                "attention": tf.concat([state["attention"], attention[:, tf.newaxis]], axis=1),
+            },
+        )
+
+    (state,) = tf.while_loop(cond, body, (state,), shape_invariants=(invariants,))
+    return _mask_result(
+        state["ids"][:, tf.newaxis],
+        state["lengths"][:, tf.newaxis],
+        state["scores"][:, tf.newaxis],
+        state["attention"][:, tf.newaxis],
+    )
+
+
+def length_penalty_factor(length, alpha):
+    """GNMT length penalty ((5 + length) / 6)^alpha (1 when alpha = 0); float32 like length."""
+    if alpha == 0:
+        return tf.ones_like(length, tf.float32)
+    return ((5.0 + tf.cast(length, tf.float32)) / 6.0) ** alpha
+
+
+def beam_search(
+    model, source_ids, source_length, beam_width, length_penalty, maximum_length, n_best=1
+):
+    """Beam search with the GNMT length penalty.
+
+    A finished beam stays in the beam: it can only be extended by ``</s>`` at log-probability 0
+    (its length and score frozen), competing with the open ones. Search stops when every beam of
+    every sentence has finished, or after ``maximum_length`` steps.
+
+    Args:
+      model: incremental decoding API; source_ids int32 [B, S]; source_length int32 [B].
+      beam_width: K (python int); length_penalty: alpha (python float); maximum_length: scalar;
+      n_best: N <= K hypotheses returned per sentence.
+
+    Returns:
+      ``DecodingResult``: N best hypotheses per sentence by length-penalized score, descending.
+    """
+    if n_best > beam_width:
+        raise SeqtrainError(
+            f"infer.n_best ({n_best}) cannot exceed params.beam_width ({beam_width}); "
+            "lower n_best or raise beam_width"
+        )
+    batch, source_len, k = tf.shape(source_ids)[0], tf.shape(source_ids)[1], beam_width
+    memory, memory_mask = model.encode(source_ids, source_length)
+    cache = model.initial_cache(memory, memory_mask)
+    # Beams are rows b*K .. b*K+K-1 of the flattened [B*K] batch.
+    cache = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), cache)
+    # Only beam 0 is alive at the start, so the first step does not pick K copies of one token.
+    first = tf.constant([0.0] + [NEG_INF] * (k - 1))
+    state = {
+        "step": tf.constant(0),
+        "inputs": tf.fill([batch * k], BOS_ID),
+        "cache": cache,
+        "log_probs": tf.tile(first[tf.newaxis], [batch, 1]),  # cumulative, [B, K]
+        "finished": tf.zeros([batch, k], tf.bool),
+        "generated": tf.zeros([batch, k], tf.int32),  # tokens incl. </s> once emitted
+        "ids": tf.zeros([batch, k, 0], tf.int32),
+        "attention": tf.zeros([batch, k, 0, source_len]),
+    }
+    invariants = {
+        "step": tf.TensorShape([]),
+        "inputs": tf.TensorShape([None]),
+        "cache": model.cache_shape_invariants(cache),
+        "log_probs": tf.TensorShape([None, k]),
+        "finished": tf.TensorShape([None, k]),
+        "generated": tf.TensorShape([None, k]),
+        "ids": tf.TensorShape([None, k, None]),
+        "attention": tf.TensorShape([None, k, None, None]),
+    }
+
+    # The loop variables are a 1-tuple holding the state dict (tf.while_loop wants a sequence).
+    def cond(state):
+        alive = tf.logical_not(tf.reduce_all(state["finished"]))
+        return tf.logical_and(state["step"] < maximum_length, alive)
+
+    def body(state):
+        return (_beam_step(model, state, batch, k, length_penalty),)
+
+    (state,) = tf.while_loop(cond, body, (state,), shape_invariants=(invariants,))
+    scores = state["log_probs"] / length_penalty_factor(state["generated"], length_penalty)
+    scores, best = tf.math.top_k(scores, k=n_best)
+    lengths = state["generated"] - tf.cast(state["finished"], tf.int32)
+    ids = tf.gather(state["ids"], best, batch_dims=1)
+    attention = tf.gather(state["attention"], best, batch_dims=1)
+    return _mask_result(ids, tf.gather(lengths, best, batch_dims=1), scores, attention)
+
+
+def _beam_step(model, state, batch, k, alpha):
+    """One beam-search step on the loop state (see ``beam_search``)."""
+    step, finished = state["step"], state["finished"]
+    logits, attention, cache = model.decode_step(state["inputs"], step, state["cache"])
+    vocab = tf.shape(logits)[-1]
+    log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
+    eos_only = tf.one_hot(EOS_ID, vocab, on_value=0.0, off_value=NEG_INF)
+    log_probs = tf.where(finished[:, :, tf.newaxis], eos_only, log_probs)
+    total = state["log_probs"][:, :, tf.newaxis] + log_probs  # [B, K, V]
+    generated = tf.where(finished, state["generated"], step + 1)
+    scores = total / length_penalty_factor(generated, alpha)[:, :, tf.newaxis]
+    _, top = tf.math.top_k(tf.reshape(scores, [batch, k * vocab]), k=k)  # [B, K]
+    parent, tokens = top // vocab, top % vocab
+    flat_parent = tf.reshape(parent + tf.range(batch)[:, tf.newaxis] * k, [-1])
+    attention = tf.gather(tf.reshape(attention, [batch, k, -1]), parent, batch_dims=1)
+    history = tf.gather(state["attention"], parent, batch_dims=1)
+    return {
+        "step": step + 1,
+        "inputs": tf.reshape(tokens, [-1]),
+        "cache": tf.nest.map_structure(lambda x: tf.gather(x, flat_parent), cache),
+        "log_probs": tf.gather(tf.reshape(total, [batch, k * vocab]), top, batch_dims=1),
+        "finished": tf.logical_or(
+            tf.gather(finished, parent, batch_dims=1), tf.equal(tokens, EOS_ID)
+        ),
+        "generated": tf.gather(generated, parent, batch_dims=1),
+        "ids": tf.concat(
+            [tf.gather(state["ids"], parent, batch_dims=1), tokens[:, :, tf.newaxis]], axis=2
+        ),
+        "attention": tf.concat([history, attention[:, :, tf.newaxis]], axis=2),
+    }
+
+
+def _mask_result(ids, lengths, scores, attention):
+    """Zero the ids and attention rows at positions >= length (the </s> step and after)."""
+    mask = tf.sequence_mask(lengths, maxlen=tf.shape(ids)[2])
+    ids = tf.where(mask, ids, tf.zeros_like(ids))
+    attention = attention * tf.cast(mask, tf.float32)[..., tf.newaxis]
+    return DecodingResult(ids, lengths, scores, attention)
+
+
+def compile_search(model, beam_width=1, length_penalty=0.0, n_best=1):
+    """A ``tf.function`` f(source_ids int32 [B, S], source_length int32 [B], maximum_length
+    int32 scalar) -> ``DecodingResult``, traced once for any B and S.
+
+    beam_width 1 runs ``greedy_search`` (its scores carry no length penalty; with one beam the
+    penalty changes no choice).
+    """
+    signature = [
+        tf.TensorSpec([None, None], tf.int32),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([], tf.int32),
+    ]
+
+    @tf.function(input_signature=signature)
+    def search(source_ids, source_length, maximum_length):
+        if beam_width == 1 and n_best == 1:
+            return greedy_search(model, source_ids, source_length, maximum_length)
+        return beam_search(
+            model, source_ids, source_length, beam_width, length_penalty, maximum_length, n_best
+        )
+
+    return search
+
+
+def forced_decoding(model, batch):
+    """Score a reference translation with teacher forcing (no dropout).
+
+    Args:
+      batch: the batch contract dict (source_ids, source_length, target_in, target_out,
+        target_length).
+
+    Returns:
+      (log-probability of each reference token float32 [B, T], alignment attention float32
+      [B, T, S]); positions t >= target_length are 0. Row t belongs to target_out[t].
+    """
+    logits, attention = model(batch, training=False)
+    log_probs = -tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=batch["target_out"], logits=logits
+    )
+    mask = tf.sequence_mask(batch["target_length"], maxlen=tf.shape(logits)[1], dtype=tf.float32)
+    return log_probs * mask, attention * mask[:, :, tf.newaxis]
+
+
+def hard_alignments(attention, target_len, source_len):
+    """Hard alignment of one hypothesis, as OpenNMT-tf's ``hard`` alignment output: each target
+    token t is aligned to its most-attended source token (argmax over the real source columns).
+
+    Args:
+      attention: [L, S] array-like (one hypothesis' ``attention``).
+      target_len, source_len: real target tokens (no </s>) and source tokens.
+
+    Returns:
+      list of (source index, target index) pairs, 0-based, in target order (Pharaoh ``s-t``).
+    """
+    if target_len == 0 or source_len == 0:
+        return []
+    attention = np.asarray(attention)[:target_len, :source_len]
+    return [(int(s), t) for t, s in enumerate(np.argmax(attention, axis=-1))]

@@ -1,0 +1,201 @@
+"""SavedModel export with a ``translate`` signature that runs on plain TensorFlow (no seqtrain).
+
+Signature ``translate`` (also ``serving_default``):
+
+* input ``sentences``: tf.string [B]. Whitespace-tokenized models take raw sentences (split on
+  whitespace in-graph, looked up in a ``tf.lookup.StaticHashTable``). SentencePiece source models
+  take **pre-tokenized pieces** separated by spaces (``spm_encode`` output, or
+  ``sentencepiece.SentencePieceProcessor.encode_as_pieces`` joined with " "): TensorFlow has no
+  SentencePiece op, and tensorflow-text, which has one, declares a dependency on the full CUDA
+  ``tensorflow`` wheel. The SentencePiece ``.model`` files are stored under ``assets/``.
+* outputs: ``translations`` tf.string [B] (detokenized: pieces joined, "▁" -> space, one leading
+  space dropped, for SentencePiece targets; tokens joined by spaces otherwise), ``alignments``
+  tf.string [B] (hard links ``"s-t s-t"`` as ``seqtrain translate --with_alignments hard``:
+  model tokens, or words with ``data.alignment_level: words``, where a piece starting with "▁"
+  opens a word on both sides), ``scores`` float32 [B] (the decoding score of the 1-best).
+
+Decoding uses params.beam_width, length_penalty and maximum_decoding_length. An empty input
+gives an empty translation, no links and score 0. ``assets.extra/seqtrain.json`` records the
+input form and the decoding settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import tensorflow as tf
+
+from seqtrain import alignment, decoding
+from seqtrain.checkpoints import build_model
+from seqtrain.errors import SeqtrainError
+from seqtrain.vocab import SP_MARKER, UNK
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(config, checkpoint_path: str | None = None) -> str:
+    """A checkpoint prefix from --checkpoint_path (prefix or directory) or model_dir's latest."""
+    path = checkpoint_path or config.model_dir
+    if os.path.isdir(path):
+        found = tf.train.latest_checkpoint(path)
+        if found is None and os.path.exists(os.path.join(path, "ckpt.index")):
+            found = os.path.join(path, "ckpt")  # model_dir/best/ (written without a state file)
+        if found is None:
+            raise SeqtrainError(
+                f"{path}: no checkpoint found; train first, or give --checkpoint_path"
+            )
+        return found
+    if not os.path.exists(f"{path}.index"):
+        raise SeqtrainError(
+            f"{path}: no such checkpoint ({path}.index is missing); give a prefix such as "
+            "MODEL_DIR/ckpt-5000 or a directory holding checkpoints"
+        )
+    return path
+
+
+def restore_model(config, checkpoint_path: str | None = None):
+    """(model with restored weights, checkpoint path); the optimizer slots are not loaded."""
+    path = resolve_checkpoint(config, checkpoint_path)
+    model = build_model(config)
+    try:
+        status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise SeqtrainError(
+            f"{path} does not match the model of this configuration ({str(e).splitlines()[0]}); "
+            "use the configuration the checkpoint was trained with"
+        ) from e
+    logger.info("Restored model weights from %s", path)
+    return model, path
+
+
+class TranslateModule(tf.Module):
+    """The exported object: the model, vocabulary tables and a string-to-string translate."""
+
+    def __init__(self, config, model):
+        super().__init__(name="seqtrain_translate")
+        src_tok, tgt_tok, src_vocab, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
+        self.model = model
+        self.params = config.params
+        self.words = config.data.alignment_level == "words"
+        self.source_subword, self.target_subword = src_tok.is_subword, tgt_tok.is_subword
+        tokens = src_vocab.as_list()
+        self.source_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(tokens), tf.range(len(tokens), dtype=tf.int32)
+            ),
+            default_value=UNK,
+        )
+        self.target_tokens = tf.constant(tgt_vocab.as_list())
+        for name, path in (("source_sp", src_tok.sp_model_path), ("target_sp", tgt_tok.sp_model_path)):
+            if path:
+                setattr(self, name, tf.saved_model.Asset(path))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
+    def translate(self, sentences):
+        """sentences tf.string [B] -> translations [B], alignments [B], scores float32 [B]."""
+        pieces = tf.strings.split(sentences)  # ragged [B, (S)]
+        lengths = tf.cast(pieces.row_lengths(), tf.int32)
+        width = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], 0)), 1)  # never an empty axis
+        ids = self.source_table.lookup(pieces).to_tensor(0, shape=[tf.shape(sentences)[0], width])
+        result = self._search(ids, lengths)
+        out_ids, out_len = result.ids[:, 0], result.lengths[:, 0]
+        out_pieces = tf.RaggedTensor.from_tensor(tf.gather(self.target_tokens, out_ids), out_len)
+        attention = result.attention[:, 0]  # [B, L, S]
+        links = self._links(attention, lengths, out_len, pieces, out_pieces)
+        empty = tf.equal(lengths, 0)
+        return {
+            "translations": tf.where(empty, "", self._detokenize(out_pieces)),
+            "alignments": tf.where(empty, "", links),
+            "scores": tf.where(empty, 0.0, result.scores[:, 0]),
+        }
+
+    def _search(self, ids, lengths):
+        p = self.params
+        maximum = tf.constant(p.maximum_decoding_length, tf.int32)
+        if p.beam_width == 1:
+            return decoding.greedy_search(self.model, ids, lengths, maximum)
+        return decoding.beam_search(
+            self.model, ids, lengths, p.beam_width, p.length_penalty, maximum
+        )
+
+    def _detokenize(self, pieces):
+        """ragged [B, (L)] pieces -> [B] text."""
+        if not self.target_subword:
+            return tf.strings.reduce_join(pieces, axis=1, separator=" ")
+        text = tf.strings.regex_replace(tf.strings.reduce_join(pieces, axis=1), SP_MARKER, " ")
+        return tf.strings.regex_replace(text, "^ ", "")
+
+    def _links(self, attention, source_len, target_len, source_pieces, target_pieces):
+        """Hard links "s-t ..." [B]: argmax over the real source columns of each target row."""
+        source_mask = tf.sequence_mask(source_len, tf.shape(attention)[2])[:, tf.newaxis]
+        best = tf.argmax(tf.where(source_mask, attention, -1.0), axis=-1, output_type=tf.int32)
+        if not self.words:
+            steps = tf.range(tf.shape(best)[1])[tf.newaxis] + tf.zeros_like(best)
+            pairs = tf.strings.as_string(best) + "-" + tf.strings.as_string(steps)
+            return tf.strings.reduce_join(
+                tf.RaggedTensor.from_tensor(pairs, target_len), axis=1, separator=" "
+            )
+        source_words = _word_of_piece(source_pieces, self.source_subword)  # ragged [B, (S)]
+        target_words = _word_of_piece(target_pieces, self.target_subword)  # ragged [B, (L)]
+        # (b, target word, source word) of every real target row; a dense 0/1 cube removes
+        # duplicates and tf.where lists its cells sorted by (b, target word, source word).
+        source_words = source_words.to_tensor(0, shape=tf.shape(attention)[::2])  # [B, S]
+        linked = tf.gather(source_words, best, batch_dims=1)  # [B, L]
+        linked = tf.RaggedTensor.from_tensor(linked, target_len)
+        rows = tf.cast(target_words.value_rowids(), tf.int32)
+        cells = tf.stack([rows, target_words.flat_values, linked.flat_values], axis=1)
+        shape = tf.stack([tf.shape(attention)[0], tf.shape(attention)[1], tf.shape(attention)[2]])
+        cube = tf.scatter_nd(cells, tf.ones_like(rows), shape)
+        found = tf.cast(tf.where(cube > 0), tf.int32)  # [K, 3]
+        pairs = tf.strings.as_string(found[:, 2]) + "-" + tf.strings.as_string(found[:, 1])
+        grouped = tf.RaggedTensor.from_value_rowids(pairs, found[:, 0], nrows=shape[0])
+        return tf.strings.reduce_join(grouped, axis=1, separator=" ")
+
+
+def _word_of_piece(pieces, subword: bool):
+    """ragged [B, (n)] pieces -> int32 word index of each piece ("▁" opens a word; the first
+    piece is always in word 0); without subwords every piece is a word."""
+    position = tf.ragged.range(pieces.row_lengths())
+    if not subword:
+        return tf.cast(position, tf.int32)
+    opens = tf.logical_or(
+        tf.equal(tf.strings.substr(pieces, 0, 1, unit="UTF8_CHAR"), SP_MARKER),
+        tf.equal(position, 0),
+    )
+    return tf.cast(tf.math.cumsum(tf.cast(opens, tf.int32), axis=1), tf.int32) - 1
+
+
+def export_model(config, model, output_dir: str) -> str:
+    """Writes the SavedModel of ``model`` to output_dir (replaced as a whole); returns it."""
+    module = TranslateModule(config, model)
+    output_dir = os.path.abspath(output_dir)
+    tmp = f"{output_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    signatures = {"translate": module.translate, "serving_default": module.translate}
+    tf.saved_model.save(module, tmp, signatures=signatures)
+    p = config.params
+    info = {
+        "input": "sentencepiece pieces" if module.source_subword else "whitespace tokens",
+        "alignment_level": config.data.alignment_level,
+        "beam_width": p.beam_width,
+        "length_penalty": p.length_penalty,
+        "maximum_decoding_length": p.maximum_decoding_length,
+    }
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, "assets.extra", "seqtrain.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+    if os.path.exists(output_dir):
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+    logger.info("Exported SavedModel to %s", output_dir)
+    return output_dir
+
+
+def export(config, output_dir: str, checkpoint_path: str | None = None) -> str:
+    """``seqtrain export``: the SavedModel of a checkpoint (default: model_dir's latest)."""
+    model, _ = restore_model(config, checkpoint_path)
+    return export_model(config, model, output_dir)

@@ -1,0 +1,224 @@
+"""Transformer building blocks as plain ``tf.Module`` code: dense, layer norm, attention, FFN.
+
+Why not Keras layers:
+  * embedding gradients: a ``tf.gather`` on the ``tf.Variable`` itself yields ``tf.IndexedSlices``
+    that LazyAdam needs; owning the lookup keeps them sparse (no hidden densification);
+  * checkpoints: ``tf.Module`` attributes are tracked by ``tf.train.Checkpoint`` directly, with
+    stable names that do not depend on Keras' layer naming or build order;
+  * dependencies: no Keras 3 / tf-keras behaviour to track (installing tf-keras even replaces
+    tensorflow-cpu, see TF-NOTES).
+
+Initialization is deterministic: every variable draws from a stateless RNG seeded by
+``(seed, crc32(variable path))``, so two models built with the same seed (in tests, or on each
+replica/worker of the distributed trainer) hold identical weights, whatever the creation order.
+
+Variables are float32. Layers take a ``compute_dtype`` and cast variables to it in the forward
+pass (mixed precision); layer norm statistics and attention softmax are computed in float32.
+"""
+
+import math
+import zlib
+
+import tensorflow as tf
+
+# Added to attention logits of masked keys; exp(-1e9 + x) underflows to exactly 0 in float32.
+MASK_VALUE = -1e9
+# OpenNMT-tf's LayerNorm epsilon.
+LAYER_NORM_EPSILON = 1e-6
+
+
+def stateless_seed(seed: int, path: str) -> tf.Tensor:
+    """Seed pair [2] for the variable at ``path`` (independent of creation order)."""
+    return tf.constant([seed, zlib.crc32(path.encode("utf-8")) & 0x7FFFFFFF], dtype=tf.int64)
+
+
+def glorot_uniform(shape, seed: int, path: str, fan_out=None) -> tf.Tensor:
+    """Glorot/Xavier uniform [fan_in, fan_out] (Keras' default), optionally a custom fan_out.
+
+    ``fan_out`` lets a fused kernel (e.g. Q|K|V as one [d, 3d] matrix) use the limit of each of
+    its [d, d] blocks, i.e. the same distribution as three separately initialized matrices.
+    """
+    fan_in, out = shape
+    fan_out = out if fan_out is None else fan_out
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return tf.random.stateless_uniform(
+        shape, seed=stateless_seed(seed, path), minval=-limit, maxval=limit, dtype=tf.float32
+    )
+
+
+def cast(variable, dtype):
+    """The variable as a tensor of ``dtype`` (no-op cast avoided for float32)."""
+    return variable if variable.dtype == dtype else tf.cast(variable, dtype)
+
+
+class Dropout:
+    """Dropout for the successive dropout sites of one forward pass.
+
+    Create one per forward pass. With ``training`` False it is the identity. With a ``seed``
+    tensor (int [2]), site i uses stateless dropout seeded with ``fold_in(seed, i)``: the masks
+    are a pure function of (seed, site order), so runs and replicas are reproducible (the caller
+    folds in the step and replica id). Without a seed it uses ``tf.nn.dropout`` (global RNG).
+    """
+
+    def __init__(self, training: bool, seed=None):
+        self.training = training
+        self.seed = seed
+        self._site = 0
+
+    def __call__(self, x, rate: float):
+        if not self.training or rate <= 0:
+            return x
+        self._site += 1
+        if self.seed is None:
+            return tf.nn.dropout(x, rate)
+        site_seed = tf.random.experimental.stateless_fold_in(self.seed, self._site)
+        return tf.nn.experimental.stateless_dropout(x, rate, seed=site_seed)
+
+
+class Dense(tf.Module):
+    """Affine map on the last axis: [..., in] -> [..., out], as a 2-D matmul.
+
+    The input is reshaped to 2-D first: an einsum on 3-D input built a huge intermediate in
+    its gradient (TF-NOTES, "einsum trap").
+    """
+
+    def __init__(self, in_dim, out_dim, seed, path, blocks=1, name=None):
+        super().__init__(name=name)
+        self.out_dim = out_dim
+        init = glorot_uniform([in_dim, out_dim], seed, f"{path}/kernel", fan_out=out_dim // blocks)
+        self.kernel = tf.Variable(init, name="kernel")
+        self.bias = tf.Variable(tf.zeros([out_dim]), name="bias")
+
+    def __call__(self, x, dtype):
+        """x: [..., in] of ``dtype`` -> [..., out]."""
+        outer = tf.shape(x)[:-1]
+        y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), cast(self.kernel, dtype))
+        y = tf.nn.bias_add(y, cast(self.bias, dtype))
+        return tf.reshape(y, tf.concat([outer, [self.out_dim]], 0))
+
+
+class LayerNorm(tf.Module):
+    """Layer normalization over the last axis, statistics in float32."""
+
+    def __init__(self, dim, name=None):
+        super().__init__(name=name)
+        self.gamma = tf.Variable(tf.ones([dim]), name="gamma")
+        self.beta = tf.Variable(tf.zeros([dim]), name="beta")
+
+    def __call__(self, x):
+        """x: [..., dim] any float dtype -> same shape and dtype."""
+        x32 = tf.cast(x, tf.float32)
+        mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+        y = (x32 - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON)
+        return tf.cast(y * self.gamma + self.beta, x.dtype)
+
+
+def split_heads(x, num_heads):
+    """[B, T, H*dh] -> [B, H, T, dh]."""
+    shape = tf.shape(x)
+    x = tf.reshape(x, [shape[0], shape[1], num_heads, x.shape[-1] // num_heads])
+    return tf.transpose(x, [0, 2, 1, 3])
+
+
+def combine_heads(x):
+    """[B, H, T, dh] -> [B, T, H*dh]."""
+    shape = tf.shape(x)
+    x = tf.transpose(x, [0, 2, 1, 3])
+    return tf.reshape(x, [shape[0], shape[2], x.shape[2] * x.shape[3]])
+
+
+def attention_bias(key_mask):
+    """bool [B, S] (True = real key) -> float32 [B, 1, 1, S] additive bias (0 or MASK_VALUE)."""
+    return (1.0 - tf.cast(key_mask, tf.float32))[:, tf.newaxis, tf.newaxis, :] * MASK_VALUE
+
+
+def causal_bias(length):
+    """float32 [1, 1, T, T]: query t may attend to keys 0..t only."""
+    allowed = tf.linalg.band_part(tf.ones([length, length]), -1, 0)
+    return ((1.0 - allowed) * MASK_VALUE)[tf.newaxis, tf.newaxis]
+
+
+class MultiHeadAttention(tf.Module):
+    """Scaled dot-product multi-head attention (self or encoder-decoder).
+
+    Self-attention fuses the Q, K, V projections into one [d, 3d] kernel; cross-attention has a
+    [d, d] query kernel and a fused [d, 2d] key|value kernel (keys/values are computed once per
+    source sentence in incremental decoding). Head h owns columns h*dh:(h+1)*dh of each block.
+    """
+
+    def __init__(self, num_units, num_heads, seed, path, cross, name=None):
+        super().__init__(name=name)
+        self.num_heads = num_heads
+        self.cross = cross
+        if cross:
+            self.query = Dense(num_units, num_units, seed, f"{path}/query", name="query")
+            self.key_value = Dense(
+                num_units, 2 * num_units, seed, f"{path}/key_value", blocks=2, name="key_value"
+            )
+        else:
+            self.qkv = Dense(num_units, 3 * num_units, seed, f"{path}/qkv", blocks=3, name="qkv")
+        self.output = Dense(num_units, num_units, seed, f"{path}/output", name="output")
+
+    def project_query(self, x, dtype):
+        """Cross-attention queries: [B, T, d] -> [B, H, T, dh]."""
+        return split_heads(self.query(x, dtype), self.num_heads)
+
+    def project_key_value(self, memory, dtype):
+        """Cross-attention keys and values: [B, S, d] -> 2 x [B, H, S, dh]."""
+        keys, values = tf.split(self.key_value(memory, dtype), 2, axis=-1)
+        return split_heads(keys, self.num_heads), split_heads(values, self.num_heads)
+
+    def project_self(self, x, dtype):
+        """Self-attention q, k, v: [B, T, d] -> 3 x [B, H, T, dh]."""
+        q, k, v = tf.split(self.qkv(x, dtype), 3, axis=-1)
+        return tuple(split_heads(t, self.num_heads) for t in (q, k, v))
+
+    def attend(self, q, k, v, bias, dropout, rate, dtype):
+        """Attention of queries over keys.
+
+        Args:
+          q: [B, H, T, dh]; k, v: [B, H, S, dh] (``dtype``).
+          bias: float32 broadcastable to [B, H, T, S] (0 or MASK_VALUE), or None.
+          dropout: a ``Dropout``; rate: the attention dropout rate.
+
+        Returns:
+          (output [B, T, d] of ``dtype``, probabilities float32 [B, H, T, S] before dropout).
+        """
+        depth = q.shape[-1]
+        logits = tf.cast(tf.matmul(q * depth**-0.5, k, transpose_b=True), tf.float32)
+        if bias is not None:
+            logits += bias
+        probs = tf.nn.softmax(logits)
+        context = tf.matmul(dropout(tf.cast(probs, dtype), rate), v)
+        return self.output(combine_heads(context), dtype), probs
+
+
+class FeedForward(tf.Module):
+    """ReLU feed-forward network: d -> inner -> d, ffn dropout after the ReLU."""
+
+    def __init__(self, num_units, inner_dim, seed, path, name=None):
+        super().__init__(name=name)
+        self.inner = Dense(num_units, inner_dim, seed, f"{path}/inner", name="inner")
+        self.outer = Dense(inner_dim, num_units, seed, f"{path}/outer", name="outer")
+
+    def __call__(self, x, dropout, rate, dtype):
+        """x: [B, T, d] -> [B, T, d]."""
+        return self.outer(dropout(tf.nn.relu(self.inner(x, dtype)), rate), dtype)
+
+
+def sinusoidal_encoding(positions, depth):
+    """OpenNMT-tf's SinusoidalPositionEncoder layout, float32.
+
+    Args:
+      positions: float32 [T] 1-based positions (OpenNMT-tf counts from 1).
+      depth: even model dimension d.
+
+    Returns:
+      [T, d] = [sin(p * w_i) for i < d/2] ++ [cos(p * w_i) for i < d/2] with
+      w_i = exp(-i * log(10000) / (d/2 - 1)).
+    """
+    half = depth // 2
+    increment = math.log(10000.0) / max(half - 1, 1)
+    inv_timescales = tf.exp(tf.range(half, dtype=tf.float32) * -increment)
+    scaled = positions[:, tf.newaxis] * inv_timescales[tf.newaxis, :]
+    return tf.concat([tf.sin(scaled), tf.cos(scaled)], axis=1)

@@ -1,0 +1,331 @@
+"""Transformer encoder-decoder (OpenNMT-tf's ``Transformer``) with a guided-alignment head.
+
+Plain ``tf.Module`` code (see ``seqtrain.layers`` for why not Keras). Architecture, as
+OpenNMT-tf 2.x: token embeddings scaled by sqrt(d) plus 1-based sinusoidal position encodings,
+dropout; pre-layer-norm blocks (norm -> sublayer -> dropout -> residual) with a final layer norm
+in the encoder and the decoder; ReLU FFN; output projection with bias to the target vocabulary.
+
+``share_embeddings`` (OpenNMT-tf's EmbeddingsSharingLevel):
+  none: three separate matrices; source_target_input: one matrix for source and target input
+  (needs equal vocabulary sizes); target: target input embedding = output projection (tied,
+  plus a separate bias); all: both.
+
+Gradients: embedding lookups are ``tf.gather`` on the variable, so their gradients are
+``tf.IndexedSlices`` (LazyAdam updates only those rows). A matrix tied to the output projection
+gets a dense gradient (the projection touches every row).
+
+Alignment attention: the encoder-decoder attention probabilities of decoder layer
+``alignment_layer`` (python index, -1 = last) *before* attention dropout, averaged over the first
+``alignment_heads`` heads (default 1: head 0, as OpenNMT-tf), or over all heads when 0.
+Row t is the decoder step that reads ``target_in[t]`` and predicts ``target_out[t]``.
+"""
+
+import tensorflow as tf
+
+from seqtrain.errors import SeqtrainError
+from seqtrain.layers import (
+    Dense,
+    Dropout,
+    FeedForward,
+    LayerNorm,
+    MultiHeadAttention,
+    attention_bias,
+    causal_bias,
+    glorot_uniform,
+    sinusoidal_encoding,
+)
+
+
+class EncoderLayer(tf.Module):
+    """Self-attention block then FFN block, both pre-norm with residual."""
+
+    def __init__(self, config, seed, path, name=None):
+        super().__init__(name=name)
+        d = config.num_units
+        self.config = config
+        self.self_attention_norm = LayerNorm(d, name="self_attention_norm")
+        self.self_attention = MultiHeadAttention(
+            d, config.num_heads, seed, f"{path}/self_attention", cross=False, name="self_attention"
+        )
+        self.ffn_norm = LayerNorm(d, name="ffn_norm")
+        self.ffn = FeedForward(d, config.ffn_inner_dim, seed, f"{path}/ffn", name="ffn")
+
+    def __call__(self, x, bias, dropout, dtype):
+        """x: [B, S, d]; bias: float32 [B, 1, 1, S] -> [B, S, d]."""
+        c = self.config
+        q, k, v = self.self_attention.project_self(self.self_attention_norm(x), dtype)
+        y, _ = self.self_attention.attend(q, k, v, bias, dropout, c.attention_dropout, dtype)
+        x = x + dropout(y, c.dropout)
+        y = self.ffn(self.ffn_norm(x), dropout, c.ffn_dropout, dtype)
+        return x + dropout(y, c.dropout)
+
+
+class DecoderLayer(tf.Module):
+    """Causal self-attention, encoder-decoder attention, FFN; all pre-norm with residual."""
+
+    def __init__(self, config, seed, path, name=None):
+        super().__init__(name=name)
+        d = config.num_units
+        self.config = config
+        self.self_attention_norm = LayerNorm(d, name="self_attention_norm")
+        self.self_attention = MultiHeadAttention(
+            d, config.num_heads, seed, f"{path}/self_attention", cross=False, name="self_attention"
+        )
+        self.cross_attention_norm = LayerNorm(d, name="cross_attention_norm")
+        self.cross_attention = MultiHeadAttention(
+            d, config.num_heads, seed, f"{path}/cross_attention", cross=True, name="cross_attention"
+        )
+        self.ffn_norm = LayerNorm(d, name="ffn_norm")
+        self.ffn = FeedForward(d, config.ffn_inner_dim, seed, f"{path}/ffn", name="ffn")
+
+    def __call__(self, x, self_bias, memory_kv, memory_bias, dropout, dtype, past=None):
+        """One decoder layer.
+
+        Args:
+          x: [B, T, d] inputs (T = 1 in incremental decoding).
+          self_bias: float32 broadcastable to [B, H, T, T'] or None (incremental: all past keys).
+          memory_kv: (keys, values) [B, H, S, dh] from ``cross_attention.project_key_value``.
+          memory_bias: float32 [B, 1, 1, S].
+          past: None, or (keys, values) [B, H, t, dh] of earlier steps (incremental decoding).
+
+        Returns:
+          (output [B, T, d], cross-attention probabilities float32 [B, H, T, S] before dropout,
+          (keys, values) [B, H, T', dh] of the self-attention including the new steps).
+        """
+        c = self.config
+        q, k, v = self.self_attention.project_self(self.self_attention_norm(x), dtype)
+        if past is not None:
+            k = tf.concat([past[0], k], axis=2)
+            v = tf.concat([past[1], v], axis=2)
+        y, _ = self.self_attention.attend(q, k, v, self_bias, dropout, c.attention_dropout, dtype)
+        x = x + dropout(y, c.dropout)
+        q = self.cross_attention.project_query(self.cross_attention_norm(x), dtype)
+        y, probs = self.cross_attention.attend(
+            q, memory_kv[0], memory_kv[1], memory_bias, dropout, c.attention_dropout, dtype
+        )
+        x = x + dropout(y, c.dropout)
+        y = self.ffn(self.ffn_norm(x), dropout, c.ffn_dropout, dtype)
+        return x + dropout(y, c.dropout), probs, (k, v)
+
+
+class Transformer(tf.Module):
+    """Encoder-decoder Transformer; see the module docstring.
+
+    Args:
+      config: ``seqtrain.config.ModelConfig``.
+      source_vocab_size, target_vocab_size: vocabulary sizes (ids 0..V-1, PAD = 0).
+      seed: initialization seed; equal seeds give identical weights.
+      compute_dtype: tf.float32, or tf.float16 / tf.bfloat16 for mixed precision (variables stay
+        float32 and are cast in the forward pass; logits and attention are returned float32).
+    """
+
+    def __init__(
+        self, config, source_vocab_size, target_vocab_size, seed=0, compute_dtype=tf.float32
+    ):
+        super().__init__(name="transformer")
+        _check(config, source_vocab_size, target_vocab_size)
+        d = config.num_units
+        self.config = config
+        self.compute_dtype = tf.as_dtype(compute_dtype)
+        self.alignment_index = config.alignment_layer % config.num_layers
+        share = config.share_embeddings
+        self.source_embedding = tf.Variable(
+            glorot_uniform([source_vocab_size, d], seed, "source_embedding"), name="embedding"
+        )
+        self.shares_input = share in ("source_target_input", "all")
+        self.ties_output = share in ("target", "all")
+        if not self.shares_input:
+            self.target_embedding = tf.Variable(
+                glorot_uniform([target_vocab_size, d], seed, "target_embedding"), name="embedding"
+            )
+        self.encoder_layers = [
+            EncoderLayer(config, seed, f"encoder/layer_{i}", name=f"encoder_layer_{i}")
+            for i in range(config.num_layers)
+        ]
+        self.encoder_norm = LayerNorm(d, name="encoder_norm")
+        self.decoder_layers = [
+            DecoderLayer(config, seed, f"decoder/layer_{i}", name=f"decoder_layer_{i}")
+            for i in range(config.num_layers)
+        ]
+        self.decoder_norm = LayerNorm(d, name="decoder_norm")
+        if self.ties_output:
+            self.output_bias = tf.Variable(tf.zeros([target_vocab_size]), name="output_bias")
+        else:
+            self.output = Dense(d, target_vocab_size, seed, "output", name="output")
+
+    def target_input_embedding(self):
+        """The [V_target, d] matrix the decoder input ids are looked up in."""
+        return self.source_embedding if self.shares_input else self.target_embedding
+
+    def __call__(self, batch, training=False, seed=None):
+        """Teacher-forced forward pass.
+
+        Args:
+          batch: dict with source_ids int32 [B, S], source_length int32 [B], target_in int32
+            [B, T] and (optional) target_length int32 [B].
+          training: apply dropout.
+          seed: optional int [2] tensor for reproducible (stateless) dropout; None uses the
+            global RNG (``tf.nn.dropout``).
+
+        Returns:
+          (logits float32 [B, T, V], alignment attention float32 [B, T, S]).
+        """
+        dropout = Dropout(training, seed)
+        memory, memory_mask = self._encode(batch["source_ids"], batch["source_length"], dropout)
+        return self._decode(
+            batch["target_in"], batch.get("target_length"), memory, memory_mask, dropout
+        )
+
+    def encode(self, source_ids, source_length, training=False, seed=None):
+        """source_ids int32 [B, S], source_length [B] -> (memory [B, S, d] of compute dtype,
+        memory_mask bool [B, S], True at real tokens)."""
+        return self._encode(source_ids, source_length, Dropout(training, seed))
+
+    def _embed(self, ids, embedding, positions, dropout):
+        """ids [B, T], positions float32 [T] (1-based) -> [B, T, d] of compute dtype."""
+        d = self.config.num_units
+        x = tf.gather(embedding, ids) * d**0.5  # gather on the variable: IndexedSlices gradient
+        x += sinusoidal_encoding(positions, d)[tf.newaxis]
+        return dropout(tf.cast(x, self.compute_dtype), self.config.dropout)
+
+    def _encode(self, source_ids, source_length, dropout):
+        length = tf.shape(source_ids)[1]
+        mask = tf.sequence_mask(source_length, maxlen=length)
+        positions = tf.range(1, length + 1, dtype=tf.float32)
+        x = self._embed(source_ids, self.source_embedding, positions, dropout)
+        bias = attention_bias(mask)
+        for layer in self.encoder_layers:
+            x = layer(x, bias, dropout, self.compute_dtype)
+        return self.encoder_norm(x), mask
+
+    def _decode(self, target_in, target_length, memory, memory_mask, dropout):
+        dtype = self.compute_dtype
+        length = tf.shape(target_in)[1]
+        positions = tf.range(1, length + 1, dtype=tf.float32)
+        x = self._embed(target_in, self.target_input_embedding(), positions, dropout)
+        self_bias = causal_bias(length)
+        if target_length is not None:  # also hide padded keys, as OpenNMT-tf's future mask
+            self_bias += attention_bias(tf.sequence_mask(target_length, maxlen=length))
+        memory_bias = attention_bias(memory_mask)
+        attention = None
+        for i, layer in enumerate(self.decoder_layers):
+            memory_kv = layer.cross_attention.project_key_value(memory, dtype)
+            x, probs, _ = layer(x, self_bias, memory_kv, memory_bias, dropout, dtype)
+            if i == self.alignment_index:
+                attention = self._alignment_heads(probs)
+        return self._project(self.decoder_norm(x)), attention
+
+    def _alignment_heads(self, probs):
+        """float32 [B, H, T, S] -> [B, T, S]: mean of the guided heads."""
+        k = self.config.alignment_heads
+        return tf.reduce_mean(probs[:, :k] if k > 0 else probs, axis=1)
+
+    def _project(self, x):
+        """[B, T, d] -> float32 logits [B, T, V]."""
+        if not self.ties_output:
+            return tf.cast(self.output(x, self.compute_dtype), tf.float32)
+        shape = tf.shape(x)
+        flat = tf.reshape(x, [-1, x.shape[-1]])
+        embedding = tf.cast(self.target_input_embedding(), self.compute_dtype)
+        logits = tf.matmul(flat, embedding, transpose_b=True)
+        logits = tf.nn.bias_add(logits, tf.cast(self.output_bias, self.compute_dtype))
+        return tf.cast(tf.reshape(logits, [shape[0], shape[1], -1]), tf.float32)
+
+    def initial_cache(self, memory, memory_mask):
+        """Decoding state before the first step.
+
+        Args:
+          memory: [B, S, d] and memory_mask: bool [B, S], from ``encode``.
+
+        Returns:
+          A nest of tensors, all with batch as leading dimension (beam search tiles/reorders it
+          with ``tf.gather``): {"memory_mask": [B, S], "layers": [per decoder layer
+          {"self_keys", "self_values": [B, H, t, dh] (t = steps so far, grows by one per step),
+          "memory_keys", "memory_values": [B, H, S, dh] (precomputed once)}]}.
+          In a ``tf.while_loop`` give the self_* entries a None time dimension.
+        """
+        dtype = self.compute_dtype
+        batch = tf.shape(memory)[0]
+        heads = self.config.num_heads
+        empty = tf.zeros([batch, heads, 0, self.config.num_units // heads], dtype)
+        layers = []
+        for layer in self.decoder_layers:
+            keys, values = layer.cross_attention.project_key_value(memory, dtype)
+            layers.append(
+                {"self_keys": empty, "self_values": empty, "memory_keys": keys,
+                 "memory_values": values}
+            )  # fmt: skip
+        return {"memory_mask": memory_mask, "layers": layers}
+
+    def cache_shape_invariants(self, cache):
+        """``tf.while_loop`` shape invariants of ``cache``: any batch size (beams), and the
+        self-attention time axis grows by one per step."""
+
+        def relaxed(x, grows=False):
+            shape = [None] + x.shape.as_list()[1:]
+            if grows:
+                shape[2] = None
+            return tf.TensorShape(shape)
+
+        layers = [
+            {key: relaxed(value, grows=key.startswith("self_")) for key, value in state.items()}
+            for state in cache["layers"]
+        ]
+        return {"memory_mask": relaxed(cache["memory_mask"]), "layers": layers}
+
+    def decode_step(self, ids, step, cache):
+        """One incremental decoder step (inference, no dropout).
+
+        Args:
+          ids: int32 [B], the decoder input at this step (``<s>`` at step 0).
+          step: int32 scalar, 0-based position of ``ids``.
+          cache: from ``initial_cache`` or the previous step.
+
+        Returns:
+          (logits float32 [B, V], alignment attention float32 [B, S], new cache).
+        """
+        dtype = self.compute_dtype
+        dropout = Dropout(False)
+        positions = tf.reshape(tf.cast(step, tf.float32) + 1.0, [1])
+        x = self._embed(ids[:, tf.newaxis], self.target_input_embedding(), positions, dropout)
+        memory_bias = attention_bias(cache["memory_mask"])
+        new_layers = []
+        attention = None
+        for i, (layer, state) in enumerate(zip(self.decoder_layers, cache["layers"])):
+            memory_kv = (state["memory_keys"], state["memory_values"])
+            past = (state["self_keys"], state["self_values"])
+            x, probs, (keys, values) = layer(
+                x, None, memory_kv, memory_bias, dropout, dtype, past=past
+            )
+            new_layers.append(dict(state, self_keys=keys, self_values=values))
+            if i == self.alignment_index:
+                attention = self._alignment_heads(probs)[:, 0]
+        logits = self._project(self.decoder_norm(x))[:, 0]
+        return logits, attention, {"memory_mask": cache["memory_mask"], "layers": new_layers}
+
+
+def _check(config, source_vocab_size, target_vocab_size):
+    """Model-level consistency checks (SeqtrainError with what to change)."""
+    if config.num_units % config.num_heads or config.num_units % 2:
+        raise SeqtrainError(
+            f"model.num_units ({config.num_units}) must be even and divisible by model.num_heads "
+            f"({config.num_heads})"
+        )
+    if not -config.num_layers <= config.alignment_layer < config.num_layers:
+        raise SeqtrainError(
+            f"model.alignment_layer = {config.alignment_layer} is out of range for "
+            f"{config.num_layers} layers; use -1 (last) to {config.num_layers - 1}"
+        )
+    if config.alignment_heads > config.num_heads:
+        raise SeqtrainError(
+            f"model.alignment_heads = {config.alignment_heads} exceeds model.num_heads "
+            f"({config.num_heads}); use 1..{config.num_heads}, or 0 for all heads"
+        )
+    sharing_inputs = config.share_embeddings in ("source_target_input", "all")
+    if sharing_inputs and source_vocab_size != target_vocab_size:
+        raise SeqtrainError(
+            f"model.share_embeddings = {config.share_embeddings} needs one vocabulary for both "
+            f"sides, but the source vocabulary has {source_vocab_size} entries and the target "
+            f"{target_vocab_size}; use a joint vocabulary file for data.source_vocabulary and "
+            "data.target_vocabulary, or set model.share_embeddings to none or target"
+        )

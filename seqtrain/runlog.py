@@ -1,0 +1,186 @@
+"""Training figures out: the log line, metrics.jsonl, TensorBoard; and reading them back.
+
+The log line is the interface people grep, so its format is fixed here once (DESIGN.md):
+
+``Step = 100 ; steps/s = 2.45, tokens/s = 40123 (19560 source, 20563 target) ; Learning rate =
+0.000025 ; Loss = 3.386743 ; CE = 3.303332 ; Alignment = 1.000929``
+
+``seqtrain log`` reads ``model_dir/metrics.jsonl`` (one JSON object per report) or, for runs of
+other tools, a captured log with such lines, and prints a table or draws the curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+
+from seqtrain.errors import SeqtrainError
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+_LINE = re.compile(
+    r"Step = (?P<step>\d+) ; steps/s = (?P<steps_per_sec>[\d.]+), tokens/s = (?P<tokens_per_sec>\d+)"
+    r" \((?P<source_tokens_per_sec>\d+) source, (?P<target_tokens_per_sec>\d+) target\) ; "
+    r"Learning rate = (?P<learning_rate>[\d.e+-]+) ; Loss = (?P<loss>[\d.e+-]+|nan|inf)"
+    r"(?: ; CE = (?P<ce>[\d.e+-]+|nan|inf))?(?: ; Alignment = (?P<alignment>[\d.e+-]+|nan|inf))?"
+)
+_EVAL = re.compile(r"Evaluation at step (?P<step>\d+) ; (?P<rest>.*)")
+
+
+def format_train_line(record: dict) -> str:
+    """One log line from a record with step, steps_per_sec, token rates, lr, loss, ce[, alignment]."""
+    line = (
+        f"Step = {record['step']} ; steps/s = {record['steps_per_sec']:.2f}, "
+        f"tokens/s = {record['tokens_per_sec']:.0f} ({record['source_tokens_per_sec']:.0f} source, "
+        f"{record['target_tokens_per_sec']:.0f} target) ; "
+        f"Learning rate = {record['learning_rate']:f} ; Loss = {record['loss']:f}"
+    )
+    if "ce" in record:
+        line += f" ; CE = {record['ce']:f}"
+    if "alignment" in record:
+        line += f" ; Alignment = {record['alignment']:f}"
+    return line
+
+
+def format_eval_line(step: int, metrics: dict) -> str:
+    """``Evaluation at step N ; loss = … ; perplexity = … ; bleu = … ; aer = …``."""
+    parts = [f"{name} = {value:.4f}" for name, value in metrics.items()]
+    return f"Evaluation at step {step} ; " + " ; ".join(parts)
+
+
+class MetricsWriter:
+    """Sends each report to the log, TensorBoard (tf.summary) and metrics.jsonl."""
+
+    def __init__(self, model_dir: str, summary_writer=None):
+        self.path = os.path.join(model_dir, METRICS_FILE)
+        self.summary_writer = summary_writer  # a tf.summary writer, or None (non-chief worker)
+
+    def write(self, kind: str, step: int, values: dict, line: str | None = None) -> None:
+        """kind is "train" or "eval"; values are plain floats keyed by metric name."""
+        if line:
+            logger.info(line)
+        record = {"kind": kind, "step": int(step), **{k: float(v) for k, v in values.items()}}
+        if self.summary_writer is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        import tensorflow as tf  # only the writer needs TF; `seqtrain log` must stay light
+        from tensorflow.core.framework import summary_pb2
+
+        # tf.summary.scalar lives in the tensorboard package, which TensorFlow no longer pulls
+        # in; a float32 scalar tagged for the "scalars" plugin is exactly what it would write.
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+        with self.summary_writer.as_default(step=int(step)):
+            for name, value in values.items():
+                if name != "step":
+                    tf.summary.write(f"{kind}/{name}", tf.constant(float(value)), metadata=metadata)
+        self.summary_writer.flush()
+
+
+def read_records(path: str) -> list[dict]:
+    """Records from a model_dir, a metrics.jsonl, or a captured log of seqtrain or OpenNMT-tf."""
+    if os.path.isdir(path):
+        path = os.path.join(path, METRICS_FILE)
+    if not os.path.isfile(path):
+        raise SeqtrainError(f"{path}: no such file; give a model_dir, its metrics.jsonl or a log")
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if path.endswith(".jsonl"):
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SeqtrainError(f"{path}, line {number}: not JSON ({e.msg})") from e
+                continue
+            records.extend(_parse_log_line(line))
+    return records
+
+
+def _parse_log_line(line: str) -> list[dict]:
+    m = _LINE.search(line)
+    if m:
+        values = {k: float(v) for k, v in m.groupdict().items() if v is not None}
+        return [{"kind": "train", **values, "step": int(values["step"])}]
+    m = _EVAL.search(line)
+    if m:
+        values = {}
+        for part in m.group("rest").split(" ; "):
+            name, _, value = part.partition(" = ")
+            try:
+                values[name.strip()] = float(value)
+            except ValueError:
+                continue
+        return [{"kind": "eval", "step": int(m.group("step")), **values}]
+    return []
+
+
+def table(path: str) -> str:
+    """A compact text table of the train reports, with eval metrics joined on the step."""
+    records = read_records(path)
+    evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
+    train = [r for r in records if r.get("kind") == "train"]
+    eval_names = sorted({k for r in evals.values() for k in r if k not in ("kind", "step")})
+    columns = ["step", "loss", "ce", "alignment", "learning_rate", "tokens_per_sec"] + eval_names
+    header = ["step", "loss", "CE", "align", "lr", "tok/s"] + eval_names
+    rows = []
+    steps = sorted({r["step"] for r in train} | set(evals))
+    by_step = {r["step"]: r for r in train}
+    for step in steps:
+        merged = {**by_step.get(step, {}), **evals.get(step, {})}
+        rows.append([_cell(name, merged.get(name)) for name in columns])
+    if not rows:
+        raise SeqtrainError(f"{path}: no training reports found")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(name: str, value) -> str:
+    if value is None:
+        return "-"
+    if name == "step":
+        return str(int(value))
+    if name == "tokens_per_sec":
+        return f"{value:.0f}"
+    if name == "learning_rate":
+        return f"{value:.2e}"
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+def plot(path: str, output: str) -> None:
+    """Loss/CE/alignment curves (left) and eval metrics (right) to a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise SeqtrainError("--plot needs matplotlib: pip install 'seqtrain[plot]'") from e
+    records = read_records(path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("loss", "ce", "alignment"):
+        points = [(r["step"], r[name]) for r in train if name in r]
+        if points:
+            left.plot(*zip(*points), label=name)
+    left.set_xlabel("step")
+    left.set_title("training")
+    left.legend()
+    eval_names = sorted({k for r in evals for k in r if k not in ("kind", "step")})
+    for name in eval_names:
+        points = [(r["step"], r[name]) for r in evals if name in r]
+        right.plot(*zip(*points), marker="o", label=name)
+    right.set_xlabel("step")
+    right.set_title("evaluation")
+    if eval_names:
+        right.legend()
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)

@@ -1,0 +1,297 @@
+"""The training step and loop: tf.distribute replicas, all-reduced sums, LazyAdam, logs, checkpoints.
+
+One update (``Trainer._replica_step``), per replica:
+  1. normalizers (tokens, sentences, aligned tokens) of all its micro-batches, all-reduced (SUM)
+     *before* the forward pass: they depend on the batch only;
+  2. for each accumulation micro-batch: forward -> loss terms (sums) -> objective = terms divided
+     by the global normalizers -> gradients, accumulated (IndexedSlices stay sparse);
+  3. gradients and loss sums all-reduced (SUM) across replicas;
+  4. one LazyAdam update, applied only if the loss and the gradient norm are finite.
+Summing the per-replica gradients of ``objective`` gives exactly ∇(Σ loss)/Σ normalizer of the
+whole global batch, so 1 replica, 2 replicas or 2 accumulation steps give the same update.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import tensorflow as tf
+
+from seqtrain import config as cfg
+from seqtrain import data, losses, optim, runlog
+from seqtrain.checkpoints import Saver, build_model
+from seqtrain.errors import SeqtrainError
+
+logger = logging.getLogger(__name__)
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+def make_strategy(num_devices: int = 1) -> tf.distribute.Strategy:
+    """Multi-worker from TF_CONFIG, else Mirrored over ``num_devices`` local devices, else default.
+
+    On a machine without GPUs, ``num_devices`` > 1 splits the CPU into logical devices (useful to
+    check replica invariance; it is not faster). Must run before any other TensorFlow op.
+    """
+    workers = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])
+    if len(workers) > 1:
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+            timeout_seconds=600.0,
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if num_devices <= 1:
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        if len(gpus) < num_devices:
+            raise SeqtrainError(
+                f"--num-devices {num_devices}, but only {len(gpus)} GPUs are visible"
+            )
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(num_devices)])
+    split_cpu(num_devices)
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_devices)])
+
+
+def split_cpu(count: int) -> None:
+    """Splits the physical CPU into ``count`` logical devices (before any op runs)."""
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * count
+    )
+
+
+def accumulation_steps(train: cfg.TrainConfig, num_replicas: int) -> int:
+    """Micro-batches per update so that replicas × steps × batch_size ≥ effective_batch_size."""
+    if not train.effective_batch_size:
+        return 1
+    return max(1, math.ceil(train.effective_batch_size / (train.batch_size * num_replicas)))
+
+
+def make_optimizer(params: cfg.ParamsConfig) -> optim.LazyAdam:
+    schedule = optim.learning_rate_schedule(
+        params.learning_rate,
+        params.decay_type,
+        {
+            "model_dim": params.decay_params.model_dim,
+            "warmup_steps": params.decay_params.warmup_steps,
+        },
+        params.start_decay_steps,
+        params.decay_step_duration,
+        params.minimum_learning_rate,
+    )
+    p = params.optimizer_params
+    return optim.LazyAdam(
+        schedule, p.beta_1, p.beta_2, p.epsilon, lazy=params.optimizer == "LazyAdam"
+    )
+
+
+def _add(a: dict | None, b: dict) -> dict:
+    return dict(b) if a is None else {k: a[k] + b[k] for k in a}
+
+
+class Trainer:
+    """Owns the compiled update; ``step(micro_batches)`` runs one update on every replica."""
+
+    def __init__(self, model, optimizer, params: cfg.ParamsConfig, strategy, seed: int = 0):
+        self.model = model
+        self.optimizer = optimizer
+        self.params = params
+        self.strategy = strategy
+        self.seed = seed
+        self._step = tf.function(self._cross_replica_step, reduce_retracing=True)
+
+    def step(self, micro_batches: list) -> dict:
+        """micro_batches: one (distributed) batch dict per accumulation step.
+
+        Returns the all-reduced sums of the loss terms plus ``grad_norm`` and ``finite`` (whether
+        the update was applied), as tensors: reading them is the caller's only host sync.
+        """
+        return self._step(tuple(micro_batches))
+
+    def _cross_replica_step(self, micro_batches):
+        outputs = self.strategy.run(self._replica_step, args=micro_batches)
+        # Every replica returns the same all-reduced values: keep the first copy.
+        return tf.nest.map_structure(
+            lambda x: self.strategy.experimental_local_results(x)[0], outputs
+        )
+
+    def _replica_step(self, *batches):
+        context = tf.distribute.get_replica_context()
+        normalizers = None
+        for batch in batches:
+            normalizers = _add(normalizers, losses.batch_normalizers(batch, self.params))
+        normalizers = context.all_reduce(SUM, normalizers)
+        variables = self.model.trainable_variables
+        grads, sums = None, None
+        for index, batch in enumerate(batches):
+            with tf.GradientTape() as tape:
+                logits, attention = self.model(batch, training=True, seed=self._seed(index))
+                terms = losses.loss_terms(logits, attention, batch, self.params, training=True)
+                objective = losses.objective(terms, normalizers, self.params)
+            step_grads = tape.gradient(objective, variables)
+            grads = step_grads if grads is None else optim.accumulate(grads, step_grads)
+            terms["source_tokens"] = tf.cast(tf.reduce_sum(batch["source_length"]), tf.float32)
+            terms["target_tokens"] = tf.cast(tf.reduce_sum(batch["target_length"]), tf.float32)
+            terms["micro_batches"] = tf.constant(1.0)
+            sums = _add(sums, terms)
+        grads = context.all_reduce(SUM, grads)
+        sums = context.all_reduce(SUM, sums)
+        grad_norm = optim.global_norm(grads)
+        finite = tf.math.is_finite(grad_norm)
+        for value in sums.values():
+            finite = tf.logical_and(finite, tf.math.is_finite(value))
+        if self.params.clip_gradients:
+            grads, _ = optim.clip_by_global_norm(grads, self.params.clip_gradients)
+        self.optimizer.apply_gradients(zip(grads, variables), apply=finite)
+        return {**sums, "grad_norm": grad_norm, "finite": finite}
+
+    def _seed(self, micro_batch: int):
+        """Stateless dropout seed: a function of (seed, step, replica, micro-batch) only."""
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        step = tf.cast(self.optimizer.iterations, tf.int32)
+        mixed = step * 1009 + tf.cast(replica, tf.int32) * 31 + micro_batch
+        return tf.stack([tf.constant(self.seed, tf.int32), mixed])
+
+
+class Progress:
+    """Sums the step outputs between two log lines; throughput excludes the first (tracing) step."""
+
+    def __init__(self):
+        self.outputs = []  # step outputs since the last line (tensors until read)
+        self.timed = 0  # how many of them ran after the clock started
+        self.start = None
+
+    def add(self, outputs: dict) -> None:
+        self.outputs.append(outputs)
+        if self.start is None:
+            float(outputs["grad_norm"])  # wait for the first step (it includes tracing)
+            self.start = time.time()
+            return
+        self.timed += 1
+
+    def record(self, step: int, learning_rate: float, params) -> dict:
+        """The log record of the steps since the last call (losses averaged over all of them)."""
+        values = [{k: float(v) for k, v in o.items()} for o in self.outputs]
+        sums = {k: sum(v[k] for v in values) for k in values[0]}
+        timed = values[len(values) - self.timed :] if self.timed else []
+        elapsed = max(time.time() - self.start, 1e-9)
+        source = sum(v["source_tokens"] for v in timed) / elapsed
+        target = sum(v["target_tokens"] for v in timed) / elapsed
+        record = {
+            "step": step,
+            "steps_per_sec": len(timed) / elapsed,
+            "tokens_per_sec": source + target,
+            "source_tokens_per_sec": source,
+            "target_tokens_per_sec": target,
+            "learning_rate": learning_rate,
+            "grad_norm": sums["grad_norm"] / len(values),
+        }
+        figures = losses.report(sums, sums["micro_batches"], params)
+        record.update({k: float(v) for k, v in figures.items()})
+        self.outputs, self.timed, self.start = [], 0, time.time()
+        return record
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+    )
+
+
+def _datasets(config, strategy, corpus, skip_batches: int):
+    """Per-replica batch iterator; on resume it skips the batches already trained on, so that a
+    restarted run sees the same batches as an uninterrupted one."""
+
+    def dataset_fn(context):
+        dataset = data.train_dataset(
+            corpus,
+            config.train,  # batch_size is per replica, as in OpenNMT-tf
+            input_context=context,
+            with_alignment=bool(config.params.guided_alignment_type),
+        )
+        return dataset.skip(skip_batches) if skip_batches else dataset
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None = None) -> None:
+    """``seqtrain train``: validate the data, then train until max_step (or early stopping)."""
+    strategy = make_strategy(num_devices)
+    chief = _is_chief(strategy)
+    corpus = data.load_corpus(config, "train")  # validates all three files first
+    os.makedirs(config.model_dir, exist_ok=True)
+    if chief:
+        cfg.save_config(config, os.path.join(config.model_dir, "config.yml"))
+    with strategy.scope():
+        model = build_model(config)
+        optimizer = make_optimizer(config.params)
+        optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    saver = Saver(checkpoint, config.model_dir, config.train.keep_checkpoint_max, chief=chief)
+    saver.restore(checkpoint_path)
+    step = int(optimizer.iterations.numpy())
+    max_step = config.train.max_step
+    if max_step and step >= max_step:
+        logger.info("Training already reached max_step = %d; nothing to do", max_step)
+        return
+    accum = accumulation_steps(config.train, strategy.num_replicas_in_sync)
+    logger.info(
+        "Strategy %s: %d replica(s), %d accumulation step(s), %s parameters",
+        type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+        accum,
+        f"{sum(v.shape.num_elements() for v in model.trainable_variables):,}",
+    )
+    batches = _datasets(config, strategy, corpus, skip_batches=step * accum)
+    trainer = Trainer(model, optimizer, config.params, strategy, seed=config.train.seed)
+    writer = runlog.MetricsWriter(
+        config.model_dir,
+        tf.summary.create_file_writer(config.model_dir) if chief else None,
+    )
+    evaluator = None
+    if config.eval.steps and config.data.eval_features_file:
+        from seqtrain.evaluate import Evaluator  # decoding and sacrebleu: only when evaluating
+
+        evaluator = Evaluator.for_training(config, model)
+    _loop(config, trainer, batches, accum, saver, writer, evaluator)
+
+
+def _loop(config, trainer, batches, accum, saver, writer, evaluator) -> None:
+    """Runs updates until max_step; logs, evaluates and checkpoints on their periods."""
+    train, optimizer = config.train, trainer.optimizer
+    step = int(optimizer.iterations.numpy())
+    last_saved, progress = step, Progress()
+    while train.max_step is None or step < train.max_step:
+        outputs = trainer.step([next(batches) for _ in range(accum)])
+        if not bool(outputs["finite"]):  # one scalar per step: cheap next to the step itself
+            raise SeqtrainError(
+                f"training diverged: the loss or the gradient is NaN/Inf at step {step + 1}; "
+                "that update was not applied, so the weights stay finite. The last checkpoint "
+                f"(step {last_saved}) in {config.model_dir} is intact: lower "
+                "params.learning_rate, set params.clip_gradients, or check the data"
+            )
+        progress.add(outputs)
+        step += 1
+        if step % train.save_summary_steps == 0 or step == train.max_step:
+            lr = float(optimizer.learning_rate_at(step - 1))
+            record = progress.record(step, lr, config.params)
+            writer.write("train", step, record, runlog.format_train_line(record))
+        if step % train.save_checkpoints_steps == 0 or step == train.max_step:
+            saver.save(step)
+            last_saved = step
+        if evaluator and step % config.eval.steps == 0:
+            metrics = evaluator(step)
+            writer.write("eval", step, metrics, runlog.format_eval_line(step, metrics))
+            if evaluator.should_stop():
+                logger.info("Early stopping at step %d: %s", step, evaluator.stop_reason)
+                if last_saved != step:
+                    saver.save(step)
+                break

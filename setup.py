@@ -1,0 +1,32 @@
+"""seqtrain: neural machine translation training in TensorFlow with guided alignment."""
+
+from setuptools import find_packages, setup
+
+# TensorFlow is chosen through an extra so that CPU users do not download the 570 MB CUDA wheel
+# and GPU users get the CUDA libraries: `pip install seqtrain[cpu]` or `pip install seqtrain[gpu]`.
+TENSORFLOW_CPU = "tensorflow-cpu>=2.16,<2.22"
+TENSORFLOW_GPU = "tensorflow[and-cuda]>=2.16,<2.22"
+
+setup(
+    name="seqtrain",
+    version="0.1.0",
+    description="TensorFlow NMT trainer with guided alignment (OpenNMT-tf compatible configs)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["seqtrain", "seqtrain.*"]),
+    install_requires=[
+        "numpy>=1.23",
+        "pyyaml>=5.4",
+        "sentencepiece>=0.1.99",
+        "sacrebleu>=2.0",
+    ],
+    extras_require={
+        "cpu": [TENSORFLOW_CPU],
+        "gpu": [TENSORFLOW_GPU],
+        "align": ["eflomal>=2.0"],
+        "plot": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "eflomal>=2.0"],
+    },
+    entry_points={"console_scripts": ["seqtrain = seqtrain.cli:main"]},
+)
