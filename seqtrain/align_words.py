@@ -3,17 +3,22 @@
 eflomal (pip install seqtrain[align]) aligns in both directions; this module turns the two
 directional alignments into one with Koehn et al.'s heuristics (grow-diag-final-and by default),
 implemented here in plain Python. Links are (i, j) tuples, i = source word index, j = target word
-index, both 0-based; words are the whitespace-separated tokens of each line (str.split()).
-No TensorFlow: this module must import fast.
+index, both 0-based; words are the whitespace-separated tokens of each line (str.split(), which
+is also how eflomal splits). `align_files` / `align_config` are the `seqtrain align` command:
+files in, one Pharaoh file out, written atomically. No TensorFlow: this module must import fast.
 """
 
+import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from seqtrain.errors import SeqtrainError
+from seqtrain.vocab import read_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,10 @@ SYMMETRIZATIONS = (
 
 # eflomal 2.0 silently writes no links for a sentence of 1024 words or more (either side).
 EFLOMAL_MAX_WORDS = 1023
+# eflomal prints nothing while it runs (unless --log_level DEBUG): say it is alive this often.
+HEARTBEAT_SECONDS = 30.0
+# Symmetrization and writing log their progress every this many lines.
+PROGRESS_LINES = 100_000
 
 # The 8 neighbours of a point, diagonals included (the "diag" of grow-diag).
 _NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1))
@@ -158,16 +167,36 @@ def _run_eflomal(source: list[str], target: list[str], lowercase: bool, workdir:
         with open(paths[name], "wb") as handle:
             eflomal.write_text(handle, tuple(sentences), len(index))
     # eflomal's defaults (as its Aligner class): IBM1 + HMM + fertility, 3 samplers.
-    eflomal.align(
-        paths["src"],
-        paths["tgt"],
-        links_filename_fwd=paths["fwd"],
-        links_filename_rev=paths["rev"],
-        model=3,
-        n_samplers=3,
-        quiet=not logger.isEnabledFor(logging.DEBUG),
-    )
+    with _heartbeat(f"eflomal is aligning {len(source)} sentence pairs in both directions"):
+        eflomal.align(
+            paths["src"],
+            paths["tgt"],
+            links_filename_fwd=paths["fwd"],
+            links_filename_rev=paths["rev"],
+            model=3,
+            n_samplers=3,
+            quiet=not logger.isEnabledFor(logging.DEBUG),
+        )
     return _read_links(paths["fwd"], len(source)), _read_links(paths["rev"], len(source))
+
+
+@contextlib.contextmanager
+def _heartbeat(what: str) -> Iterator[None]:
+    """Logs "<what>: still running, <elapsed>" every HEARTBEAT_SECONDS until the block ends."""
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_SECONDS):
+            logger.info("%s: still running, %.0f s so far", what, time.monotonic() - start)
+
+    thread = threading.Thread(target=beat, name="seqtrain-align-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _warn_too_long(source: Sequence[str], target: Sequence[str]) -> None:
@@ -248,8 +277,185 @@ def align(
 
 
 def write_pharaoh(path: str, links_per_line: Iterable[set[Link]]) -> None:
-    """Writes one line per sentence pair: sorted `i-j` pairs, an empty line for no links."""
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.writelines(
-            " ".join(f"{i}-{j}" for i, j in sorted(links)) + "\n" for links in links_per_line
+    """Writes one line per sentence pair: sorted `i-j` pairs, an empty line for no links.
+
+    Atomic: written to a temporary file beside `path`, then renamed over it, so an interrupted
+    run (or an exception from the iterable) leaves `path` as it was and no partial file.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.writelines(
+                " ".join(f"{i}-{j}" for i, j in sorted(links)) + "\n" for links in links_per_line
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+@dataclass
+class AlignSummary:
+    """What `seqtrain align` wrote (also logged as its last line)."""
+
+    output: str
+    lines: int = 0
+    links: int = 0
+    target_words: int = 0
+    lines_without_links: int = 0
+    seconds: float = 0.0
+
+    @property
+    def links_per_target_word(self) -> float:
+        return self.links / self.target_words if self.target_words else float("nan")
+
+
+def _read_pair(source: str, target: str, role: str) -> tuple[list[str], list[str]]:
+    """Both files as lists of lines; SeqtrainError for an empty file or different line counts."""
+    source_lines, target_lines = list(read_text_lines(source)), list(read_text_lines(target))
+    for path, lines in ((source, source_lines), (target, target_lines)):
+        if not any(line.split() for line in lines):
+            raise SeqtrainError(
+                f"{path} is empty (no words); give {role} text with one sentence per line"
+            )
+    if len(source_lines) != len(target_lines):
+        raise SeqtrainError(
+            f"line-count mismatch: {source} has {len(source_lines)} lines but {target} has "
+            f"{len(target_lines)}; the {role} files must be parallel (line n of each is the same "
+            "sentence pair)"
         )
+    return source_lines, target_lines
+
+
+def _check_output(output: str, inputs: Sequence[str], force: bool) -> None:
+    """Fails before the (long) alignment run if the output cannot or must not be written."""
+    if any(os.path.realpath(output) == os.path.realpath(path) for path in inputs):
+        raise SeqtrainError(f"the output {output} is also an input file; choose another name")
+    if os.path.isdir(output):
+        raise SeqtrainError(f"the output {output} is a directory; give a file name")
+    if os.path.exists(output) and not force:
+        raise SeqtrainError(f"{output} already exists; pass --force to overwrite it")
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise SeqtrainError(
+            f"cannot write {output}: {directory} is not a writable directory; create it first"
+        )
+
+
+def _warn_empty_sides(source: Sequence[str], target: Sequence[str], path: str) -> None:
+    empty = [
+        number
+        for number, (src, tgt) in enumerate(zip(source, target, strict=True), start=1)
+        if not (src.split() and tgt.split())
+    ]
+    if empty:
+        logger.warning(
+            "%d sentence pairs of %s have an empty side; they get no links, and seqtrain train "
+            "rejects empty sentences: remove those lines from all files (lines %s)",
+            len(empty),
+            path,
+            ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else ""),
+        )
+
+
+def _symmetrized(pairs, method: str, summary: AlignSummary) -> Iterator[set[Link]]:
+    """Symmetrizes pair after pair, counting into `summary` and logging progress."""
+    for number, (forward, reverse, src_len, tgt_len) in enumerate(pairs, start=1):
+        links = _symmetrize_pair(forward, reverse, method, src_len, tgt_len)
+        summary.lines += 1
+        summary.links += len(links)
+        summary.target_words += tgt_len
+        summary.lines_without_links += not links
+        if number % PROGRESS_LINES == 0:
+            logger.info("Symmetrized %d of %d sentence pairs (%s)", number, len(pairs), method)
+        yield links
+
+
+def align_files(
+    source: str,
+    target: str,
+    output: str,
+    symmetrize: str = "grow-diag-final-and",
+    lowercase: bool = False,
+    extra_source: str | None = None,
+    extra_target: str | None = None,
+    force: bool = False,
+) -> AlignSummary:
+    """`seqtrain align`: word-aligns two parallel text files into a Pharaoh file `output`.
+
+    Lines i-j (source word i, target word j, 0-based) over the whitespace words of each line,
+    one output line per input line. extra_source/extra_target: more parallel text for the
+    statistics only. Refuses to overwrite `output` unless `force`; writes it atomically.
+    Raises SeqtrainError (naming the files) for empty files, mismatched line counts, an unknown
+    method or a missing eflomal, before any output is written.
+    """
+    start = time.monotonic()
+    if symmetrize not in SYMMETRIZATIONS:
+        raise SeqtrainError(
+            f"unknown symmetrization {symmetrize!r}; choose one of {', '.join(SYMMETRIZATIONS)}"
+        )
+    if (extra_source is None) != (extra_target is None):
+        raise SeqtrainError("--extra-source and --extra-target go together; give both or neither")
+    inputs = [source, target] + ([extra_source, extra_target] if extra_source else [])
+    _check_output(output, inputs, force)
+    source_lines, target_lines = _read_pair(source, target, "source and target")
+    _warn_empty_sides(source_lines, target_lines, f"{source} / {target}")
+    extra = (None, None)
+    if extra_source is not None:
+        extra = _read_pair(extra_source, extra_target, "extra source and target")
+    pairs = directional_alignments(source_lines, target_lines, lowercase, *extra)
+    summary = AlignSummary(output)
+    write_pharaoh(output, _symmetrized(pairs, symmetrize, summary))
+    summary.seconds = time.monotonic() - start
+    logger.info(
+        "Wrote %s (%s): %d lines, %d links, %.3f links per target word, %d lines without "
+        "links, %.1f s",
+        output,
+        symmetrize,
+        summary.lines,
+        summary.links,
+        summary.links_per_target_word,
+        summary.lines_without_links,
+        summary.seconds,
+    )
+    return summary
+
+
+def align_config(
+    config,
+    force: bool = False,
+    symmetrize: str = "grow-diag-final-and",
+    lowercase: bool = False,
+    extra_source: str | None = None,
+    extra_target: str | None = None,
+) -> AlignSummary:
+    """`seqtrain align --config`: aligns data.train_features_file / train_labels_file into
+    data.train_alignments (config: a seqtrain.config.Config). See align_files."""
+    data = config.data
+    if not data.train_alignments:
+        raise SeqtrainError(
+            "data.train_alignments is not set; set it to the Pharaoh file to write (e.g. "
+            "train.src-tgt.align), or give --source, --target and --output instead of --config"
+        )
+    for key in ("train_features_file", "train_labels_file"):
+        if not getattr(data, key):
+            raise SeqtrainError(f"data.{key} is not set; seqtrain align --config aligns it")
+    subword = [k for k in ("source_tokenization", "target_tokenization") if getattr(data, k)]
+    if subword and data.alignment_level == "tokens":
+        logger.warning(
+            "data.%s is a SentencePiece model but data.alignment_level is tokens: seqtrain align "
+            "writes links between whitespace words, so set data.alignment_level: words to have "
+            "them projected onto the pieces (as tokens they would be wrong or out of range)",
+            subword[0],
+        )
+    return align_files(
+        data.train_features_file,
+        data.train_labels_file,
+        data.train_alignments,
+        symmetrize=symmetrize,
+        lowercase=lowercase,
+        extra_source=extra_source,
+        extra_target=extra_target,
+        force=force,
+    )

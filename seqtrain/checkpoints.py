@@ -83,11 +83,13 @@ def average_checkpoints(config, output_dir: str | None = None, max_count: int = 
     return average_into(build_model(config), paths, output_dir)
 
 
-def build_model(config) -> Transformer:
+def build_model(config, compute_dtype=tf.float32) -> Transformer:
     """The model of ``config`` with its vocabulary sizes (weights not yet restored)."""
     source_size = len(Vocab.load(config.data.source_vocabulary))
     target_size = len(Vocab.load(config.data.target_vocabulary))
-    return Transformer(config.model, source_size, target_size, seed=config.train.seed)
+    return Transformer(
+        config.model, source_size, target_size, seed=config.train.seed, compute_dtype=compute_dtype
+    )
 
 
 def average_into(model, paths: list[str], output_dir: str) -> str:

@@ -39,9 +39,9 @@ def _load(args, command: str | None = None):
 
 
 def cmd_train(args) -> None:
+    config = _load(args, "train")  # before importing TensorFlow: config errors stay instant
     from seqtrain import trainer
 
-    config = _load(args, "train")
     trainer.train(config, num_devices=args.num_devices, checkpoint_path=args.checkpoint_path)
 
 
@@ -78,9 +78,9 @@ def cmd_build_vocab(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    config = _load(args, "infer")
     from seqtrain import evaluate
 
-    config = _load(args, "infer")
     metrics = evaluate.evaluate_command(
         config,
         features_file=args.features_file,
@@ -92,9 +92,9 @@ def cmd_eval(args) -> None:
 
 
 def cmd_translate(args) -> None:
+    config = _load(args, "infer")
     from seqtrain import evaluate
 
-    config = _load(args, "infer")
     evaluate.translate_command(
         config,
         features_file=args.features_file,
@@ -107,17 +107,17 @@ def cmd_translate(args) -> None:
 
 
 def cmd_average(args) -> None:
+    config = _load(args)
     from seqtrain import checkpoints
 
-    config = _load(args)
     path = checkpoints.average_checkpoints(config, args.output_dir, max_count=args.max_count)
     print(f"averaged checkpoint: {path}")
 
 
 def cmd_export(args) -> None:
+    config = _load(args, "infer")
     from seqtrain import export
 
-    config = _load(args, "infer")
     path = export.export(config, args.output_dir, checkpoint_path=args.checkpoint_path)
     print(f"SavedModel: {path}")
 
@@ -147,11 +147,20 @@ def cmd_align(args) -> None:
     from seqtrain import align_words
 
     if args.config:
+        if args.source or args.target or args.output:
+            raise SeqtrainError("give --config or --source/--target/--output, not both")
         config = _load(args)
-        align_words.align_config(config, force=args.force, symmetrize=args.symmetrize)
+        align_words.align_config(
+            config,
+            force=args.force,
+            symmetrize=args.symmetrize,
+            lowercase=args.lowercase,
+            extra_source=args.extra_source,
+            extra_target=args.extra_target,
+        )
         return
     if not (args.source and args.target and args.output):
-        raise SeqtrainError("seqtrain align: give --config, or --source, --target and --output")
+        raise SeqtrainError("give --config, or --source, --target and --output")
     align_words.align_files(
         args.source,
         args.target,

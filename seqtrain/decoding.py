@@ -61,43 +61,26 @@ def greedy_search(model, source_ids, source_length, maximum_length):
         "ids": tf.zeros([batch, 0], tf.int32),
         "attention": tf.zeros([batch, 0, source_len]),
     }
-    invariants = {
-        "step": tf.TensorShape([]),
-        "inputs": tf.TensorShape([None]),
-        "cache": model.cache_shape_invariants(cache),
-        "finished": tf.TensorShape([None]),
-        "lengths": tf.TensorShape([None]),
-        "scores": tf.TensorShape([None]),
-        "ids": tf.TensorShape([None, None]),
-        "attention": tf.TensorShape([None, None, None]),
-    }
 
-    # The loop variables are a 1-tuple holding the state dict (tf.while_loop wants a sequence).
-    def cond(state):
-        alive = tf.logical_not(tf.reduce_all(state["finished"]))
-        return tf.logical_and(state["step"] < maximum_length, alive)
-
-    def body(state):
+    def step_fn(state):
         logits, attention, cache = model.decode_step(state["inputs"], state["step"], state["cache"])
         log_probs = tf.nn.log_softmax(logits)
         tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         token_scores = tf.gather(log_probs, tokens, batch_dims=1)
         finished = tf.logical_or(state["finished"], tf.equal(tokens, EOS_ID))
-        return (
-            {
-                "step": state["step"] + 1,
-                "inputs": tokens,
-                "cache": cache,
-                "finished": finished,
-                # A token counts if its sentence was open and it is not </s>.
-                "lengths": state["lengths"] + tf.cast(tf.logical_not(finished), tf.int32),
-                "scores": state["scores"] + tf.where(state["finished"], 0.0, token_scores),
-                "ids": tf.concat([state["ids"], tokens[:, tf.newaxis]], axis=1),
-                "attention": tf.concat([state["attention"], attention[:, tf.newaxis]], axis=1),
-            },
-        )
+        return {
+            "step": state["step"] + 1,
+            "inputs": tokens,
+            "cache": cache,
+            "finished": finished,
+            # A token counts if its sentence was open and it is not </s>.
+            "lengths": state["lengths"] + tf.cast(tf.logical_not(finished), tf.int32),
+            "scores": state["scores"] + tf.where(state["finished"], 0.0, token_scores),
+            "ids": tf.concat([state["ids"], tokens[:, tf.newaxis]], axis=1),
+            "attention": tf.concat([state["attention"], attention[:, tf.newaxis]], axis=1),
+        }
 
-    (state,) = tf.while_loop(cond, body, (state,), shape_invariants=(invariants,))
+    state = _decode_loop(model, state, step_fn, maximum_length)
     return _mask_result(
         state["ids"][:, tf.newaxis],
         state["lengths"][:, tf.newaxis],
@@ -152,26 +135,12 @@ def beam_search(
         "ids": tf.zeros([batch, k, 0], tf.int32),
         "attention": tf.zeros([batch, k, 0, source_len]),
     }
-    invariants = {
-        "step": tf.TensorShape([]),
-        "inputs": tf.TensorShape([None]),
-        "cache": model.cache_shape_invariants(cache),
-        "log_probs": tf.TensorShape([None, k]),
-        "finished": tf.TensorShape([None, k]),
-        "generated": tf.TensorShape([None, k]),
-        "ids": tf.TensorShape([None, k, None]),
-        "attention": tf.TensorShape([None, k, None, None]),
-    }
-
-    # The loop variables are a 1-tuple holding the state dict (tf.while_loop wants a sequence).
-    def cond(state):
-        alive = tf.logical_not(tf.reduce_all(state["finished"]))
-        return tf.logical_and(state["step"] < maximum_length, alive)
-
-    def body(state):
-        return (_beam_step(model, state, batch, k, length_penalty),)
-
-    (state,) = tf.while_loop(cond, body, (state,), shape_invariants=(invariants,))
+    state = _decode_loop(
+        model,
+        state,
+        lambda state: _beam_step(model, state, batch, k, length_penalty),
+        maximum_length,
+    )
     scores = state["log_probs"] / length_penalty_factor(state["generated"], length_penalty)
     scores, best = tf.math.top_k(scores, k=n_best)
     lengths = state["generated"] - tf.cast(state["finished"], tf.int32)
@@ -210,6 +179,31 @@ def _beam_step(model, state, batch, k, alpha):
         ),
         "attention": tf.concat([history, attention[:, :, tf.newaxis]], axis=2),
     }
+
+
+def _decode_loop(model, state, step_fn, maximum_length):
+    """Apply ``step_fn`` to the state dict until every hypothesis has finished (``finished``) or
+    after ``maximum_length`` steps; a ``tf.while_loop`` in graph mode.
+
+    Shape invariants: the cache's come from the model; every other entry may change any
+    dimension (batch, beams, and the time axis of ids/attention that grow by one per step).
+    """
+    invariants = {
+        key: tf.TensorShape([None] * value.shape.rank)
+        for key, value in state.items()
+        if key != "cache"
+    }
+    invariants["cache"] = model.cache_shape_invariants(state["cache"])
+
+    def cond(state):
+        alive = tf.logical_not(tf.reduce_all(state["finished"]))
+        return tf.logical_and(state["step"] < maximum_length, alive)
+
+    # The loop variables are a 1-tuple holding the state dict (tf.while_loop wants a sequence).
+    (state,) = tf.while_loop(
+        cond, lambda state: (step_fn(state),), (state,), shape_invariants=(invariants,)
+    )
+    return state
 
 
 def _mask_result(ids, lengths, scores, attention):

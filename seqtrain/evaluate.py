@@ -27,6 +27,7 @@ translation quality.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -210,15 +211,15 @@ def translate_command(
     hypotheses = translator([src_vocab.ids(p) for p in pieces])
     elapsed = time.time() - start
     target = _Target(tgt_tok, tgt_vocab)
-    out = open(predictions_file, "w", encoding="utf-8") if predictions_file else sys.stdout
-    try:
+    if predictions_file:
+        out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    else:
+        out = contextlib.nullcontext(sys.stdout)
+    with out as stream:
         for i, hyps in enumerate(hypotheses):
             words = source_words[i] if source_words is not None else None
             for hyp in hyps:
-                out.write(_render(hyp, target, with_alignments, with_scores, words) + "\n")
-    finally:
-        if predictions_file:
-            out.close()
+                stream.write(_render(hyp, target, with_alignments, with_scores, words) + "\n")
     tokens = sum(len(hyps[0].ids) for hyps in hypotheses)
     logger.info(
         "Translated %d lines with %s in %.1f s (%.0f target tokens/s)",
@@ -320,21 +321,20 @@ class Evaluator:
     weights (model_dir/best/) and best SavedModel (model_dir/export/best) when ``keep_best``."""
 
     def __init__(self, config, model, eval_set: EvalSet, keep_best: bool = False):
+        """keep_best: track early stopping, the best weights and export_on_best (training)."""
         self.config, self.model, self.eval_set, self.keep_best = config, model, eval_set, keep_best
-        stopping = config.eval.early_stopping
-        if "aer" in (getattr(stopping, "metric", None), config.eval.export_on_best):
-            if eval_set.sure is None:
-                raise SeqtrainError("eval metric 'aer' needs data.eval_alignments (a gold file)")
         self.scorers = set(config.eval.scorers)
-        self.scorers |= {m for m in (getattr(stopping, "metric", None), config.eval.export_on_best)
-                         if m in ("bleu", "chrf")}  # fmt: skip
-        self.patience = None
+        self.patience, self.stop_reason, self.export_best = None, "", None
+        stopping = config.eval.early_stopping if keep_best else None
+        self.best_metric = stopping.metric if stopping is not None else "loss"
+        if keep_best:
+            wanted = (self.best_metric, config.eval.export_on_best)
+            if "aer" in wanted and eval_set.sure is None:
+                raise SeqtrainError("eval metric 'aer' needs data.eval_alignments (a gold file)")
+            self.scorers |= {m for m in wanted if m in ("bleu", "chrf")}
         if stopping is not None:
             self.patience = Patience(stopping.metric, stopping.min_improvement, stopping.steps)
-        self.best_metric = stopping.metric if stopping is not None else "loss"
         self.best_value = self._previous_best() if keep_best else None
-        self.export_best = None
-        self.stop_reason = ""
         self._forward = _compile_forward(model)
         self._translator = None
         if self.scorers:
@@ -373,8 +373,8 @@ class Evaluator:
         loss = ce_sum / tokens if tokens else math.nan
         metrics = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
         if self.scorers:
-            metrics.update(score_translations(self.translations(), self.eval_set.references,
-                                              sorted(self.scorers)))  # fmt: skip
+            hypotheses, references = self.translations(), self.eval_set.references
+            metrics.update(score_translations(hypotheses, references, self.scorers))
         if links is not None:
             scores = aer.score(links, self.eval_set.sure, self.eval_set.possible)
             metrics.update({k: 100.0 * scores[k] for k in ("aer", "precision", "recall")})
@@ -420,8 +420,9 @@ class Evaluator:
             return None
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
-        return record["metrics"].get(self.best_metric) if record.get("metric") == (
-            self.best_metric) else None  # fmt: skip
+        if record.get("metric") != self.best_metric:
+            return None
+        return record["metrics"].get(self.best_metric)
 
     def _track(self, step: int, metrics: dict) -> None:
         """Best weights + best.json on a new best; SavedModel when export_on_best improves."""
@@ -443,8 +444,13 @@ def _compile_forward(model):
 
     @tf.function(input_signature=[matrix, vector, matrix, matrix, vector])
     def forward(source_ids, source_length, target_in, target_out, target_length):
-        batch = {"source_ids": source_ids, "source_length": source_length,
-                 "target_in": target_in, "target_out": target_out, "target_length": target_length}
+        batch = {
+            "source_ids": source_ids,
+            "source_length": source_length,
+            "target_in": target_in,
+            "target_out": target_out,
+            "target_length": target_length,
+        }
         logits, attention = model(batch, training=False)
         ce_sum, _, tokens = losses.cross_entropy_sequence_loss(
             logits, target_out, target_length, training=False

@@ -35,12 +35,14 @@ from seqtrain.vocab import SP_MARKER, UNK
 
 logger = logging.getLogger(__name__)
 
+SP_UNKNOWN = " \u2047 "  # " ⁇ ": SentencePiece's decoding of the unknown piece
+
 
 def resolve_checkpoint(config, checkpoint_path: str | None = None) -> str:
     """A checkpoint prefix from --checkpoint_path (prefix or directory) or model_dir's latest."""
     path = checkpoint_path or config.model_dir
-    if os.path.isdir(path):
-        found = tf.train.latest_checkpoint(path)
+    if checkpoint_path is None or os.path.isdir(path):
+        found = tf.train.latest_checkpoint(path) if os.path.isdir(path) else None
         if found is None and os.path.exists(os.path.join(path, "ckpt.index")):
             found = os.path.join(path, "ckpt")  # model_dir/best/ (written without a state file)
         if found is None:
@@ -61,7 +63,7 @@ def restore_model(config, checkpoint_path: str | None = None):
     path = resolve_checkpoint(config, checkpoint_path)
     model = build_model(config)
     try:
-        status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        status = tf.train.Checkpoint(model=model).read(path).expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
         raise SeqtrainError(
@@ -89,8 +91,12 @@ class TranslateModule(tf.Module):
             ),
             default_value=UNK,
         )
-        self.target_tokens = tf.constant(tgt_vocab.as_list())
-        for name, path in (("source_sp", src_tok.sp_model_path), ("target_sp", tgt_tok.sp_model_path)):
+        targets = tgt_vocab.as_list()
+        if tgt_tok.is_subword:
+            targets[UNK] = SP_UNKNOWN  # what SentencePiece's decoder writes for <unk>
+        self.target_tokens = tf.constant(targets)
+        sp_models = (("source_sp", src_tok.sp_model_path), ("target_sp", tgt_tok.sp_model_path))
+        for name, path in sp_models:
             if path:
                 setattr(self, name, tf.saved_model.Asset(path))
 
@@ -126,8 +132,12 @@ class TranslateModule(tf.Module):
         """ragged [B, (L)] pieces -> [B] text."""
         if not self.target_subword:
             return tf.strings.reduce_join(pieces, axis=1, separator=" ")
-        text = tf.strings.regex_replace(tf.strings.reduce_join(pieces, axis=1), SP_MARKER, " ")
-        return tf.strings.regex_replace(text, "^ ", "")
+        # As SentencePiece's decoder: the "▁"s of the leading pieces vanish, the others are
+        # spaces (<unk> became " ⁇ " in target_tokens).
+        text = tf.strings.regex_replace(
+            tf.strings.reduce_join(pieces, axis=1), f"^{SP_MARKER}+", ""
+        )
+        return tf.strings.regex_replace(text, SP_MARKER, " ")
 
     def _links(self, attention, source_len, target_len, source_pieces, target_pieces):
         """Hard links "s-t ..." [B]: argmax over the real source columns of each target row."""
@@ -148,7 +158,7 @@ class TranslateModule(tf.Module):
         linked = tf.RaggedTensor.from_tensor(linked, target_len)
         rows = tf.cast(target_words.value_rowids(), tf.int32)
         cells = tf.stack([rows, target_words.flat_values, linked.flat_values], axis=1)
-        shape = tf.stack([tf.shape(attention)[0], tf.shape(attention)[1], tf.shape(attention)[2]])
+        shape = tf.shape(attention)  # [B, L, S] bounds the word indices of both sides
         cube = tf.scatter_nd(cells, tf.ones_like(rows), shape)
         found = tf.cast(tf.where(cube > 0), tf.int32)  # [K, 3]
         pairs = tf.strings.as_string(found[:, 2]) + "-" + tf.strings.as_string(found[:, 1])

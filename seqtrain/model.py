@@ -251,10 +251,8 @@ class Transformer(tf.Module):
         layers = []
         for layer in self.decoder_layers:
             keys, values = layer.cross_attention.project_key_value(memory, dtype)
-            layers.append(
-                {"self_keys": empty, "self_values": empty, "memory_keys": keys,
-                 "memory_values": values}
-            )  # fmt: skip
+            state = {"self_keys": empty, "self_values": empty}
+            layers.append({**state, "memory_keys": keys, "memory_values": values})
         return {"memory_mask": memory_mask, "layers": layers}
 
     def cache_shape_invariants(self, cache):

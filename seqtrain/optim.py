@@ -372,3 +372,28 @@ def _zeros_like_var(var, slot_name):
                 return tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False, name=name)
         with tf.device(var.device):
             return tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False, name=name)
+
+
+class DynamicLossScale(tf.Module):
+    """float16 loss scaling: multiply the loss by `scale`, divide the gradients by it.
+
+    A step with non-finite gradients is skipped and halves the scale; `period` finite steps in
+    a row double it (the usual dynamic scheme). Call `update(finite)` once per step in
+    cross-replica context.
+    """
+
+    def __init__(self, initial=2.0**15, period=2000):
+        super().__init__(name="loss_scale")
+        aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.scale = tf.Variable(initial, trainable=False, aggregation=aggregation, name="scale")
+        self.good_steps = tf.Variable(
+            0, dtype=tf.int64, trainable=False, aggregation=aggregation, name="good_steps"
+        )
+        self.period = period
+
+    def update(self, finite):
+        """finite: bool scalar, whether the step's gradients were finite."""
+        grow = tf.logical_and(finite, self.good_steps + 1 >= self.period)
+        factor = tf.where(grow, 2.0, tf.where(finite, 1.0, 0.5))
+        self.good_steps.assign(tf.where(finite & ~grow, self.good_steps + 1, 0))
+        return self.scale.assign(self.scale * factor)

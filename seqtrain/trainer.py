@@ -72,6 +72,14 @@ def accumulation_steps(train: cfg.TrainConfig, num_replicas: int) -> int:
     return max(1, math.ceil(train.effective_batch_size / (train.batch_size * num_replicas)))
 
 
+def compute_dtype(mixed_precision: bool) -> tf.DType:
+    """float32; with mixed precision float16 on GPUs (with loss scaling), bfloat16 on CPUs
+    (same exponent range as float32: no loss scaling needed)."""
+    if not mixed_precision:
+        return tf.float32
+    return tf.float16 if tf.config.list_physical_devices("GPU") else tf.bfloat16
+
+
 def make_optimizer(params: cfg.ParamsConfig) -> optim.LazyAdam:
     schedule = optim.learning_rate_schedule(
         params.learning_rate,
@@ -97,13 +105,25 @@ def _add(a: dict | None, b: dict) -> dict:
 class Trainer:
     """Owns the compiled update; ``step(micro_batches)`` runs one update on every replica."""
 
-    def __init__(self, model, optimizer, params: cfg.ParamsConfig, strategy, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        params: cfg.ParamsConfig,
+        strategy,
+        seed: int = 0,
+        loss_scale: optim.DynamicLossScale | None = None,
+        jit_compile: bool = False,
+    ):
         self.model = model
         self.optimizer = optimizer
         self.params = params
         self.strategy = strategy
         self.seed = seed
+        self.loss_scale = loss_scale  # float16 only
         self._step = tf.function(self._cross_replica_step, reduce_retracing=True)
+        # XLA compiles the forward/backward only: the LazyAdam update uses tf.unique.
+        self._gradients = tf.function(self._micro_batch_gradients, jit_compile=jit_compile)
 
     def step(self, micro_batches: list) -> dict:
         """micro_batches: one (distributed) batch dict per accumulation step.
@@ -116,9 +136,25 @@ class Trainer:
     def _cross_replica_step(self, micro_batches):
         outputs = self.strategy.run(self._replica_step, args=micro_batches)
         # Every replica returns the same all-reduced values: keep the first copy.
-        return tf.nest.map_structure(
+        outputs = tf.nest.map_structure(
             lambda x: self.strategy.experimental_local_results(x)[0], outputs
         )
+        if self.loss_scale is not None:
+            outputs["loss_scale"] = self.loss_scale.update(outputs["finite"])
+        return outputs
+
+    def _micro_batch_gradients(self, batch, normalizers, seed):
+        """Forward and backward of one micro-batch -> (loss terms, gradients)."""
+        with tf.GradientTape() as tape:
+            logits, attention = self.model(batch, training=True, seed=seed)
+            terms = losses.loss_terms(logits, attention, batch, self.params, training=True)
+            objective = losses.objective(terms, normalizers, self.params)
+            if self.loss_scale is not None:
+                objective *= self.loss_scale.scale
+        grads = tape.gradient(objective, self.model.trainable_variables)
+        if self.loss_scale is not None:
+            grads = optim.scale_gradients(grads, 1.0 / self.loss_scale.scale)
+        return terms, grads
 
     def _replica_step(self, *batches):
         context = tf.distribute.get_replica_context()
@@ -129,11 +165,7 @@ class Trainer:
         variables = self.model.trainable_variables
         grads, sums = None, None
         for index, batch in enumerate(batches):
-            with tf.GradientTape() as tape:
-                logits, attention = self.model(batch, training=True, seed=self._seed(index))
-                terms = losses.loss_terms(logits, attention, batch, self.params, training=True)
-                objective = losses.objective(terms, normalizers, self.params)
-            step_grads = tape.gradient(objective, variables)
+            terms, step_grads = self._gradients(batch, normalizers, self._seed(index))
             grads = step_grads if grads is None else optim.accumulate(grads, step_grads)
             terms["source_tokens"] = tf.cast(tf.reduce_sum(batch["source_length"]), tf.float32)
             terms["target_tokens"] = tf.cast(tf.reduce_sum(batch["target_length"]), tf.float32)
@@ -191,6 +223,8 @@ class Progress:
             "learning_rate": learning_rate,
             "grad_norm": sums["grad_norm"] / len(values),
         }
+        if "loss_scale" in values[-1]:
+            record["loss_scale"] = values[-1]["loss_scale"]
         figures = losses.report(sums, sums["micro_batches"], params)
         record.update({k: float(v) for k, v in figures.items()})
         self.outputs, self.timed, self.start = [], 0, time.time()
@@ -230,11 +264,15 @@ def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None 
     os.makedirs(config.model_dir, exist_ok=True)
     if chief:
         cfg.save_config(config, os.path.join(config.model_dir, "config.yml"))
+    dtype = compute_dtype(config.train.mixed_precision)
     with strategy.scope():
-        model = build_model(config)
+        model = build_model(config, dtype)
         optimizer = make_optimizer(config.params)
         optimizer.build(model.trainable_variables)
+        loss_scale = optim.DynamicLossScale() if dtype == tf.float16 else None
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    if loss_scale is not None:
+        checkpoint.loss_scale = loss_scale
     saver = Saver(checkpoint, config.model_dir, config.train.keep_checkpoint_max, chief=chief)
     saver.restore(checkpoint_path)
     step = int(optimizer.iterations.numpy())
@@ -251,7 +289,16 @@ def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None 
         f"{sum(v.shape.num_elements() for v in model.trainable_variables):,}",
     )
     batches = _datasets(config, strategy, corpus, skip_batches=step * accum)
-    trainer = Trainer(model, optimizer, config.params, strategy, seed=config.train.seed)
+    logger.info("Compute dtype %s, XLA %s", dtype.name, "on" if config.train.jit_compile else "off")
+    trainer = Trainer(
+        model,
+        optimizer,
+        config.params,
+        strategy,
+        seed=config.train.seed,
+        loss_scale=loss_scale,
+        jit_compile=config.train.jit_compile,
+    )
     writer = runlog.MetricsWriter(
         config.model_dir,
         tf.summary.create_file_writer(config.model_dir) if chief else None,
@@ -272,6 +319,9 @@ def _loop(config, trainer, batches, accum, saver, writer, evaluator) -> None:
     while train.max_step is None or step < train.max_step:
         outputs = trainer.step([next(batches) for _ in range(accum)])
         if not bool(outputs["finite"]):  # one scalar per step: cheap next to the step itself
+            if "loss_scale" in outputs and float(outputs["loss_scale"]) >= 1.0:
+                logger.info("Step skipped (float16 overflow); loss scale lowered")
+                continue
             raise SeqtrainError(
                 f"training diverged: the loss or the gradient is NaN/Inf at step {step + 1}; "
                 "that update was not applied, so the weights stay finite. The last checkpoint "

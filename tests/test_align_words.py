@@ -1,14 +1,19 @@
 """Symmetrization heuristics on hand-made grids, and eflomal end to end on a synthetic corpus."""
 
+import dataclasses
 import importlib.util
+import logging
+import os
 import random
 import sys
+import time
 
 import pytest
 
 from seqtrain import align_words
 from seqtrain.aer import score
 from seqtrain.align_words import align, directional_alignments, symmetrize, write_pharaoh
+from seqtrain.config import Config, DataConfig
 from seqtrain.errors import SeqtrainError
 
 # A 6x6 sentence pair (links are (source i, target j)).
@@ -175,3 +180,221 @@ def test_lowercase_reaches_eflomal(monkeypatch):
     vocabularies.clear()
     directional_alignments(["Das Haus", "das haus"], ["The house", "the house"], lowercase=True)
     assert vocabularies == [{"das", "haus"}, {"the", "house"}]
+
+
+# --- align_files / align_config (the `seqtrain align` command) with a stand-in for eflomal ---
+
+
+class FakeEflomal:
+    """Stands in for _run_eflomal: forward = the diagonal, reverse = the diagonal plus a link
+    from the last source word to target word 0; records what it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, source, target, lowercase, workdir):
+        self.calls.append((list(source), list(target), lowercase))
+        forward, reverse = [], []
+        for src, tgt in zip(source, target, strict=True):
+            n, m = len(src.split()), len(tgt.split())
+            diagonal = {(k, k) for k in range(min(n, m))}
+            forward.append(diagonal)
+            reverse.append(diagonal | ({(n - 1, 0)} if n and m else set()))
+        return forward, reverse
+
+
+@pytest.fixture
+def fake_eflomal(monkeypatch):
+    fake = FakeEflomal()
+    monkeypatch.setattr(align_words, "_run_eflomal", fake)
+    return fake
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+SRC = ["a b c", "d e", "f g h i"]
+TGT = ["x y", "z w v", "u t s r"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    return write_lines(tmp_path / "in.src", SRC), write_lines(tmp_path / "in.tgt", TGT)
+
+
+def test_align_files_writes_union_and_summary(tmp_path, files, fake_eflomal):
+    output = str(tmp_path / "out.align")
+    summary = align_words.align_files(*files, output, symmetrize="union")
+    # union = the diagonal + (last source word, target 0) on each line: 3 + 3 + 5 links.
+    expected = ["0-0 1-1 2-0", "0-0 1-0 1-1", "0-0 1-1 2-2 3-0 3-3"]
+    assert (tmp_path / "out.align").read_text(encoding="utf-8") == "\n".join(expected) + "\n"
+    assert (summary.lines, summary.links, summary.target_words) == (3, 11, 9)
+    assert summary.links_per_target_word == pytest.approx(11 / 9)
+    assert summary.lines_without_links == 0 and summary.output == output
+    assert fake_eflomal.calls == [(SRC, TGT, False)]
+
+
+def test_align_files_intersection_reads_bom_and_crlf(tmp_path, fake_eflomal):
+    src = tmp_path / "bom.src"
+    src.write_bytes(b"\xef\xbb\xbfa b\r\nc\r\n")
+    tgt = write_lines(tmp_path / "bom.tgt", ["x y", "z"])
+    align_words.align_files(str(src), tgt, str(tmp_path / "o"), symmetrize="intersection")
+    assert fake_eflomal.calls[0][0] == ["a b", "c"]
+    assert (tmp_path / "o").read_text(encoding="utf-8") == "0-0 1-1\n0-0\n"
+
+
+def test_align_files_refuses_to_overwrite_without_force(tmp_path, files, fake_eflomal):
+    output = tmp_path / "out.align"
+    output.write_text("keep me\n", encoding="utf-8")
+    with pytest.raises(SeqtrainError, match=r"out\.align already exists; pass --force"):
+        align_words.align_files(*files, str(output))
+    assert output.read_text(encoding="utf-8") == "keep me\n"
+    assert fake_eflomal.calls == []  # refused before the (long) alignment run
+    align_words.align_files(*files, str(output), symmetrize="forward", force=True)
+    assert output.read_text(encoding="utf-8") == "0-0 1-1\n0-0 1-1\n0-0 1-1 2-2 3-3\n"
+
+
+def test_interrupted_run_leaves_the_old_file_and_no_temporary(tmp_path, files, monkeypatch):
+    monkeypatch.setattr(align_words, "_run_eflomal", FakeEflomal())
+    seen = []
+
+    def interrupted(forward, reverse, method, src_len, tgt_len):
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return forward
+
+    monkeypatch.setattr(align_words, "_symmetrize_pair", interrupted)
+    output = tmp_path / "out.align"
+    with pytest.raises(KeyboardInterrupt):
+        align_words.align_files(*files, str(output))
+    assert not output.exists()
+    output.write_text("old\n", encoding="utf-8")
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        align_words.align_files(*files, str(output), force=True)
+    assert output.read_text(encoding="utf-8") == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.src", "in.tgt", "out.align"]
+
+
+def test_align_files_input_errors_name_the_files(tmp_path, files, fake_eflomal):
+    src, tgt = files
+    out = str(tmp_path / "out.align")
+    short = write_lines(tmp_path / "short.tgt", ["x", "y"])
+    with pytest.raises(SeqtrainError, match=r"in\.src has 3 lines but .*short\.tgt has 2"):
+        align_words.align_files(src, short, out)
+    empty = write_lines(tmp_path / "empty.src", [])
+    with pytest.raises(SeqtrainError, match=r"empty\.src is empty"):
+        align_words.align_files(empty, tgt, out)
+    blank = write_lines(tmp_path / "blank.tgt", ["", "  ", ""])
+    with pytest.raises(SeqtrainError, match=r"blank\.tgt is empty \(no words\)"):
+        align_words.align_files(src, blank, out)
+    with pytest.raises(SeqtrainError, match="cannot read .*missing.src"):
+        align_words.align_files(str(tmp_path / "missing.src"), tgt, out)
+    with pytest.raises(
+        SeqtrainError, match="short.tgt has 2; the extra source and target files must be parallel"
+    ):
+        align_words.align_files(src, tgt, out, extra_source=src, extra_target=short)
+    with pytest.raises(SeqtrainError, match="--extra-source and --extra-target go together"):
+        align_words.align_files(src, tgt, out, extra_source=src)
+    with pytest.raises(SeqtrainError, match="is also an input file"):
+        align_words.align_files(src, tgt, tgt, force=True)
+    with pytest.raises(SeqtrainError, match="nodir is not a writable directory"):
+        align_words.align_files(src, tgt, str(tmp_path / "nodir" / "out.align"))
+    with pytest.raises(SeqtrainError, match="unknown symmetrization 'gdfa'"):
+        align_words.align_files(src, tgt, out, symmetrize="gdfa")
+    assert fake_eflomal.calls == [] and not os.path.exists(out)
+
+
+def test_extra_text_and_lowercase_reach_eflomal_but_not_the_output(tmp_path, files, fake_eflomal):
+    extra = write_lines(tmp_path / "x.src", ["P q"]), write_lines(tmp_path / "x.tgt", ["R"])
+    output = tmp_path / "out.align"
+    align_words.align_files(
+        *files,
+        str(output),
+        lowercase=True,
+        extra_source=extra[0],
+        extra_target=extra[1],
+        symmetrize="intersection",
+    )
+    assert fake_eflomal.calls == [(SRC + ["P q"], TGT + ["R"], True)]
+    assert len(output.read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_empty_sides_are_warned_and_get_empty_lines(tmp_path, fake_eflomal, caplog):
+    src = write_lines(tmp_path / "s", ["a b", "", "c"])
+    tgt = write_lines(tmp_path / "t", ["x", "y", ""])
+    summary = align_words.align_files(src, tgt, str(tmp_path / "o"), symmetrize="union")
+    assert (tmp_path / "o").read_text(encoding="utf-8") == "0-0 1-0\n\n\n"
+    assert summary.lines_without_links == 2
+    assert "2 sentence pairs of" in caplog.text and "(lines 2, 3)" in caplog.text
+
+
+def test_progress_and_summary_are_logged(tmp_path, files, fake_eflomal, monkeypatch, caplog):
+    monkeypatch.setattr(align_words, "PROGRESS_LINES", 2)
+    caplog.set_level(logging.INFO, logger="seqtrain")
+    align_words.align_files(*files, str(tmp_path / "o"), symmetrize="forward")
+    assert "Symmetrized 2 of 3 sentence pairs (forward)" in caplog.text
+    assert "Symmetrized 1 of" not in caplog.text
+    # forward = diagonal: 2 + 2 + 4 links over 2 + 3 + 4 target words.
+    assert "3 lines, 8 links, 0.889 links per target word, 0 lines without links" in caplog.text
+
+
+def test_heartbeat_logs_while_the_block_runs(monkeypatch, caplog):
+    monkeypatch.setattr(align_words, "HEARTBEAT_SECONDS", 0.02)
+    caplog.set_level(logging.INFO, logger="seqtrain")
+    with align_words._heartbeat("aligning"):
+        time.sleep(0.15)
+    beats = caplog.text.count("aligning: still running")
+    assert beats >= 2
+    time.sleep(0.1)
+    assert caplog.text.count("aligning: still running") == beats  # stopped with the block
+
+
+def _config(tmp_path, files, **data):
+    values = {"train_features_file": files[0], "train_labels_file": files[1]}
+    return Config(model_dir=str(tmp_path / "run"), data=DataConfig(**{**values, **data}))
+
+
+def test_align_config_writes_train_alignments(tmp_path, files, fake_eflomal, caplog):
+    output = tmp_path / "train.align"
+    config = _config(tmp_path, files, train_alignments=str(output))
+    align_words.align_config(config, symmetrize="forward")
+    assert output.read_text(encoding="utf-8") == "0-0 1-1\n0-0 1-1\n0-0 1-1 2-2 3-3\n"
+    with pytest.raises(SeqtrainError, match="already exists; pass --force"):
+        align_words.align_config(config)
+    align_words.align_config(config, force=True, symmetrize="union")
+    assert output.read_text(encoding="utf-8").splitlines()[0] == "0-0 1-1 2-0"
+    assert "alignment_level" not in caplog.text
+
+
+def test_align_config_needs_train_alignments(tmp_path, files, fake_eflomal):
+    with pytest.raises(SeqtrainError, match="data.train_alignments is not set; set it"):
+        align_words.align_config(_config(tmp_path, files))
+    config = _config(tmp_path, files, train_alignments=str(tmp_path / "a"))
+    config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, train_labels_file=None)
+    )
+    with pytest.raises(SeqtrainError, match="data.train_labels_file is not set"):
+        align_words.align_config(config)
+    assert fake_eflomal.calls == []
+
+
+def test_align_config_warns_sentencepiece_with_token_level(tmp_path, files, fake_eflomal, caplog):
+    out = str(tmp_path / "a")
+    config = _config(tmp_path, files, train_alignments=out, target_tokenization="t.model")
+    align_words.align_config(config)
+    assert "data.target_tokenization is a SentencePiece model" in caplog.text
+    assert "set data.alignment_level: words" in caplog.text
+    caplog.clear()
+    config = _config(
+        tmp_path,
+        files,
+        train_alignments=out,
+        target_tokenization="t.model",
+        alignment_level="words",
+    )
+    align_words.align_config(config, force=True)
+    assert "alignment_level" not in caplog.text

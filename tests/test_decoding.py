@@ -110,10 +110,12 @@ def test_maximum_length_and_eos(beam_width):
     never = search(ids, lengths, tf.constant(6))
     assert never.ids.shape[2] == 6
     np.testing.assert_array_equal(never.lengths, np.full((3, 1), 6))
-    assert np.all(never.ids.numpy() > 0)
+    assert not np.any(never.ids.numpy() == EOS_ID)
     immediately = compile_search(make_model(eos_bias=100.0), beam_width=beam_width)
     result = immediately(ids, lengths, tf.constant(6))
-    assert result.ids.shape[2] == 1  # one step, then every hypothesis had ended
+    # Greedy stops after one step. The beam's other K-1 first-step hypotheses (non-</s> tokens
+    # of beam 0) need a second step to end.
+    assert result.ids.shape[2] == (1 if beam_width == 1 else 2)
     np.testing.assert_array_equal(result.lengths, np.zeros((3, 1)))
     np.testing.assert_allclose(result.scores, np.zeros((3, 1)), atol=1e-5)
 

@@ -18,8 +18,9 @@ STAGES = [
     {"optim"},
     {"checkpoints", "runlog"},
     {"decoding"},
+    {"export"},
     {"evaluate"},
-    {"trainer", "export"},
+    {"trainer"},
     {"cli"},
 ]
 STAGE_OF = {name: i for i, names in enumerate(STAGES) for name in names}

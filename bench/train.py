@@ -1,0 +1,238 @@
+"""seqtrain training throughput: target tokens/s, step time, peak RSS, guided alignment on vs off.
+
+Runs ``seqtrain train`` (a separate process per run, as a user would) on:
+  * quickstart: config/quickstart.yml as shipped (its toy corpus and model), eval off;
+  * small / mid: the issue's shapes (2+2 d256 4 heads FFN 1024; 3+3 d512 8 heads FFN 2048) on
+    onmt-toy-ende with 8k word vocabularies and 2048-token batches (the compare.py setting);
+with guided alignment on and off, alternating on/off in each round so that machine noise
+hits both alike. Throughput comes from model_dir/metrics.jsonl, median over the log windows
+after the first one (tracing and first shapes); peak RSS from wait4 of the process.
+
+    python bench/train.py [--cases quickstart mid] [--steps 40] [--rounds 2]
+        [--set train.jit_compile=true ...] [--json out.json]
+
+``--set KEY=VALUE`` (YAML value, dotted key) overrides the seqtrain config of every run, to
+measure a candidate change (e.g. ``--set train.length_bucket_width=4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+
+QUICKSTART = os.path.join(benchlib.REPO, "config", "quickstart.yml")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["train.jit_compile=true", …] -> nested dict (values parsed as YAML)."""
+    overrides: dict = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return overrides
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = merge(out[key], value) if isinstance(out.get(key), dict) else value
+    return out
+
+
+def config_dict(model_dir: str, data: benchlib.Data, s: benchlib.TrainSettings) -> dict:
+    """seqtrain YAML equivalent of opennmt_baseline.config_dict (same values, same keys)."""
+    shape = benchlib.SHAPES[s.shape]
+    data_section = {
+        "train_features_file": data.train_source,
+        "train_labels_file": data.train_target,
+        "source_vocabulary": data.source_vocabulary,
+        "target_vocabulary": data.target_vocabulary,
+    }
+    if s.guided_alignment:
+        data_section["train_alignments"] = data.train_alignments
+    return {
+        "model_dir": model_dir,
+        "data": data_section,
+        "model": {**shape, "dropout": 0.1, "attention_dropout": 0.1, "ffn_dropout": 0.1},
+        "params": {
+            "optimizer": "LazyAdam",
+            "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998, "epsilon": 1e-7},
+            "learning_rate": 2.0,
+            "decay_type": "NoamDecay",
+            "decay_params": {"model_dim": shape["num_units"], "warmup_steps": s.warmup_steps},
+            "label_smoothing": 0.1,
+            "average_loss_in_time": True,
+            "guided_alignment_type": "ce" if s.guided_alignment else None,
+            "guided_alignment_weight": 1.0,
+            "beam_width": s.beam_width,
+            "length_penalty": 0.6,
+            "maximum_decoding_length": s.maximum_decoding_length,
+        },
+        "train": _train_section(s),
+        "eval": {"steps": None},
+        "infer": {"batch_size": s.infer_batch_size},
+    }
+
+
+def _train_section(s: benchlib.TrainSettings) -> dict:
+    return {
+        "batch_size": s.batch_size,
+        "batch_type": "tokens",
+        "effective_batch_size": None,
+        "length_bucket_width": 1,
+        "maximum_features_length": 100,
+        "maximum_labels_length": 100,
+        "sample_buffer_size": -1,
+        "save_summary_steps": s.summary_steps,
+        "save_checkpoints_steps": s.steps,
+        "keep_checkpoint_max": 1,
+        "max_step": s.steps,
+    }
+
+
+def quickstart_overrides(model_dir: str, s: benchlib.TrainSettings) -> dict:
+    """Merged over config/quickstart.yml: own model_dir, short run, no evaluation."""
+    train = {
+        "save_summary_steps": s.summary_steps,
+        "save_checkpoints_steps": s.steps,
+        "max_step": s.steps,
+    }
+    params = {} if s.guided_alignment else {"guided_alignment_type": None}
+    return {"model_dir": model_dir, "train": train, "params": params, "eval": {"steps": None}}
+
+
+def prepare_run(run_dir, data, s: benchlib.TrainSettings, overrides=None, case=None) -> dict:
+    """Writes the run's config into a fresh ``run_dir``; ``case`` "quickstart" layers an
+    override file over config/quickstart.yml instead of the onmt-toy-ende config."""
+    benchlib.fresh_dir(run_dir)
+    model_dir = os.path.join(run_dir, "model")
+    path = os.path.join(run_dir, "config.yml")
+    if case == "quickstart":
+        content = merge(quickstart_overrides(model_dir, s), overrides or {})
+        configs = [QUICKSTART, path]
+    else:
+        content = merge(config_dict(model_dir, data, s), overrides or {})
+        configs = [path]
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(content, f, sort_keys=False)
+    return {"run_dir": run_dir, "configs": configs, "model_dir": model_dir}
+
+
+def seqtrain_command(*args) -> list:
+    return [benchlib.SEQTRAIN_PYTHON, "-m", "seqtrain.cli", *args]
+
+
+def train(run: dict, s: benchlib.TrainSettings, timeout=None) -> dict:
+    """One ``seqtrain train``; throughput from metrics.jsonl windows after the first one."""
+    cmd = seqtrain_command("train", "--config", *run["configs"])
+    log = os.path.join(run["run_dir"], "train.log")
+    result = benchlib.run_measured(cmd, log, cwd=benchlib.REPO, timeout=timeout)
+    benchlib.check(result, "seqtrain training")
+    records = benchlib.read_metrics_jsonl(os.path.join(run["model_dir"], "metrics.jsonl"))
+    summary = benchlib.summarize_run(result, records, warmup_steps=s.summary_steps)
+    if records and "alignment" in records[-1]:
+        summary["alignment"] = records[-1]["alignment"]
+    return summary
+
+
+def translate(run: dict, features: str, predictions: str, timeout=None):
+    """``seqtrain translate`` with the run's last checkpoint -> RunResult."""
+    cmd = seqtrain_command("translate", "--config", *run["configs"])
+    cmd += ["--features_file", features, "--predictions_file", predictions]
+    result = benchlib.run_measured(cmd, predictions + ".log", cwd=benchlib.REPO, timeout=timeout)
+    benchlib.check(result, "seqtrain translate")
+    return result
+
+
+def settings_for(case: str, ga: bool, args) -> benchlib.TrainSettings:
+    shape = "small" if case == "quickstart" else case
+    return benchlib.TrainSettings(
+        shape=shape, guided_alignment=ga, steps=args.steps, summary_steps=args.summary_steps
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["quickstart", "mid"],
+                        choices=["quickstart", "small", "mid"])  # fmt: skip
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--summary-steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--data", default=benchlib.DEFAULT_DATA)
+    parser.add_argument("--workdir", default=benchlib.DEFAULT_WORKDIR)
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+    data = benchlib.prepare_data(args.data, args.workdir)
+    overrides = parse_overrides(args.set)
+    results = {}
+    for case in args.cases:
+        runs = {True: [], False: []}
+        for index in range(args.rounds):
+            order = (True, False) if index % 2 == 0 else (False, True)
+            for ga in order:
+                s = settings_for(case, ga, args)
+                run_dir = os.path.join(args.workdir, "runs", f"seqtrain-{case}-ga{int(ga)}")
+                run = prepare_run(run_dir, data, s, overrides, case)
+                runs[ga].append(train(run, s))
+                print(f"{case} ga={ga} round {index}: {_short(runs[ga][-1])}", flush=True)
+        results[case] = {f"ga_{'on' if ga else 'off'}": _aggregate(runs[ga]) for ga in runs}
+        on, off = results[case]["ga_on"], results[case]["ga_off"]
+        # GA overhead: step time with guided alignment / without - 1.
+        results[case]["ga_overhead"] = on["step_time_s"]["median"] / off["step_time_s"]["median"] - 1
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"overrides": overrides, "results": results}, f, indent=2)
+
+
+def _short(r: dict) -> str:
+    return (
+        f"{r.get('target_tokens_per_sec', 0):.0f} tgt tok/s, {r.get('steps_per_sec', 0):.3f} "
+        f"steps/s, loss {r.get('loss', float('nan')):.3f}, {r['peak_rss_mb']:.0f} MiB"
+    )
+
+
+def _aggregate(runs: list[dict]) -> dict:
+    """Per-run medians -> median/min/max over runs."""
+    return {
+        "target_tokens_per_sec": benchlib.spread([r.get("target_tokens_per_sec") for r in runs]),
+        "step_time_s": benchlib.spread(
+            [1.0 / r["steps_per_sec"] for r in runs if r.get("steps_per_sec")]
+        ),
+        "peak_rss_mb": benchlib.spread([r["peak_rss_mb"] for r in runs]),
+        "loss": benchlib.spread([r.get("loss") for r in runs]),
+        "runs": runs,
+    }
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'case':<11}{'GA':<5}{'tgt tok/s':>10}{'±':>6}{'step s':>9}{'RSS MiB':>9}"
+             f"{'loss':>8}"]  # fmt: skip
+    for case, result in results.items():
+        for key in ("ga_on", "ga_off"):
+            r = result[key]
+            tok = r["target_tokens_per_sec"]
+            lines.append(
+                f"{case:<11}{key[3:]:<5}{tok['median']:>10.0f}{100 * tok['rel_spread']:>5.0f}%"
+                f"{r['step_time_s']['median']:>9.3f}{r['peak_rss_mb']['median']:>9.0f}"
+                f"{r['loss']['median']:>8.3f}"
+            )
+        overhead = 100 * result["ga_overhead"]
+        lines.append(f"{case:<11}GA overhead (step time on/off - 1): {overhead:+.1f}%")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
