@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from seqtrain.align_words import SYMMETRIZATIONS  # no TensorFlow, no eflomal at import
 from seqtrain.errors import SeqtrainError
 
 logger = logging.getLogger("seqtrain")
@@ -93,9 +94,9 @@ def cmd_eval(args) -> None:
 
 def cmd_translate(args) -> None:
     config = _load(args, "infer")
-    from seqtrain import evaluate
+    from seqtrain import translate
 
-    evaluate.translate_command(
+    translate.translate_command(
         config,
         features_file=args.features_file,
         predictions_file=args.predictions_file,
@@ -247,19 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source")
     p.add_argument("--target")
     p.add_argument("--output")
-    p.add_argument(
-        "--symmetrize",
-        default="grow-diag-final-and",
-        choices=[
-            "grow-diag-final-and",
-            "grow-diag-final",
-            "grow-diag",
-            "intersection",
-            "union",
-            "forward",
-            "reverse",
-        ],
-    )
+    p.add_argument("--symmetrize", default="grow-diag-final-and", choices=SYMMETRIZATIONS)
     p.add_argument("--lowercase", action="store_true")
     p.add_argument("--extra-source", help="more source text for the statistics only")
     p.add_argument("--extra-target", help="more target text for the statistics only")
@@ -276,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%Y-%m-%d %H:%M:%S",
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ banner is noise for users
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. "Sharding callback duration"
     try:
         args.func(args)
     except SeqtrainError as e:

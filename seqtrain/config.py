@@ -58,7 +58,8 @@ class ModelConfig:
     dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # on embeddings and sublayer outputs
     attention_dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # on attention probabilities
     ffn_dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # after the FFN's ReLU
-    share_embeddings: Literal["none", "source_target_input", "target", "all"] = "none"  # tying
+    share_embeddings: Literal["none", "source_target_input", "target", "all"] = "none"  # tied
+    # matrices (OpenNMT-tf levels): source_target_input, target (input+output), all
     alignment_layer: int = -1  # decoder layer whose cross-attention is guided (-1 = last)
     alignment_heads: int = _opt(1, minimum=0)  # guided heads: first k averaged, 0 = all heads
 
@@ -90,7 +91,8 @@ class ParamsConfig:
     average_loss_in_time: bool = True  # normalize by tokens (True) or by sentences (False)
     guided_alignment_type: Optional[Literal["ce", "mse"]] = None  # null = no guided alignment
     guided_alignment_weight: float = _opt(1.0, minimum=0.0)  # weight of the alignment cost
-    guided_alignment_normalization: Literal["opennmt", "aligned_tokens"] = "opennmt"  # see DESIGN
+    guided_alignment_normalization: Literal["opennmt", "aligned_tokens"] = "opennmt"  # reference
+    # (cost added to the summed CE) or aligned_tokens (per aligned token, split-invariant)
     clip_gradients: Optional[float] = _opt(None, minimum=0.0)  # global-norm clip, null = off
     beam_width: int = _opt(4, minimum=1)  # 1 = greedy decoding
     length_penalty: float = _opt(0.6, minimum=0.0)  # GNMT alpha for beam search (0 = off)
@@ -117,7 +119,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    metric: str = "loss"  # loss | perplexity | bleu | chrf | aer
+    metric: str = "loss"  # loss | perplexity | bleu | chrf | aer | precision | recall
     min_improvement: float = 0.0  # smallest change that counts as better
     steps: int = _opt(4, minimum=1)  # evaluations without improvement before stopping
 
@@ -151,7 +153,7 @@ class Config:
 
 
 SCORERS = ("bleu", "chrf")
-EARLY_STOPPING_METRICS = ("loss", "perplexity", "bleu", "chrf", "aer")
+EVAL_METRICS = ("loss", "perplexity", "bleu", "chrf", "aer", "precision", "recall")
 
 # Files each command needs, checked before anything is written to model_dir.
 REQUIRED_FILES = {
@@ -271,13 +273,12 @@ def _check_scalar(hint, value, fld, origin: str, name: str):
     return value
 
 
-def check(config: Config, origin: str = "<config>") -> None:
-    """Cross-field rules that single keys cannot express."""
-    m = config.model
-    if m.num_units % m.num_heads:
+def check_model(m: ModelConfig, origin: str = "<config>") -> None:
+    """Architecture rules (also checked by the model itself when built from code)."""
+    if m.num_units % m.num_heads or m.num_units % 2:
         raise SeqtrainError(
-            f"{origin}: model.num_units ({m.num_units}) must be divisible by model.num_heads "
-            f"({m.num_heads})"
+            f"{origin}: model.num_units ({m.num_units}) must be even and divisible by "
+            f"model.num_heads ({m.num_heads})"
         )
     if not -m.num_layers <= m.alignment_layer < m.num_layers:
         raise SeqtrainError(
@@ -289,17 +290,28 @@ def check(config: Config, origin: str = "<config>") -> None:
             f"{origin}: model.alignment_heads = {m.alignment_heads} exceeds model.num_heads "
             f"({m.num_heads}); use 1..{m.num_heads}, or 0 for all heads"
         )
+
+
+def check(config: Config, origin: str = "<config>") -> None:
+    """Cross-field rules that single keys cannot express."""
+    check_model(config.model, origin)
     for scorer in config.eval.scorers:
         if scorer not in SCORERS:
             raise SeqtrainError(
                 f"{origin}: eval.scorers has '{scorer}'; allowed: {', '.join(SCORERS)}"
             )
     stopping = config.eval.early_stopping
-    if stopping is not None and stopping.metric not in EARLY_STOPPING_METRICS:
-        raise SeqtrainError(
-            f"{origin}: eval.early_stopping.metric = '{stopping.metric}'; allowed: "
-            f"{', '.join(EARLY_STOPPING_METRICS)}"
-        )
+    for key, metric in (
+        ("eval.early_stopping.metric", stopping.metric if stopping else None),
+        ("eval.export_on_best", config.eval.export_on_best),
+    ):
+        if metric is not None and metric not in EVAL_METRICS:
+            raise SeqtrainError(
+                f"{origin}: {key} = '{metric}'; allowed: {', '.join(EVAL_METRICS)}"
+            )
+    if "aer" in (stopping.metric if stopping else None, config.eval.export_on_best):
+        if not config.data.eval_alignments:
+            raise SeqtrainError(f"{origin}: AER as a criterion needs data.eval_alignments (gold)")
     if config.params.guided_alignment_type and not config.data.train_alignments:
         raise SeqtrainError(
             f"{origin}: params.guided_alignment_type is '{config.params.guided_alignment_type}' "

@@ -22,6 +22,7 @@ Row t is the decoder step that reads ``target_in[t]`` and predicts ``target_out[
 
 import tensorflow as tf
 
+from seqtrain.config import check_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.layers import (
     Dense,
@@ -304,21 +305,7 @@ class Transformer(tf.Module):
 
 def _check(config, source_vocab_size, target_vocab_size):
     """Model-level consistency checks (SeqtrainError with what to change)."""
-    if config.num_units % config.num_heads or config.num_units % 2:
-        raise SeqtrainError(
-            f"model.num_units ({config.num_units}) must be even and divisible by model.num_heads "
-            f"({config.num_heads})"
-        )
-    if not -config.num_layers <= config.alignment_layer < config.num_layers:
-        raise SeqtrainError(
-            f"model.alignment_layer = {config.alignment_layer} is out of range for "
-            f"{config.num_layers} layers; use -1 (last) to {config.num_layers - 1}"
-        )
-    if config.alignment_heads > config.num_heads:
-        raise SeqtrainError(
-            f"model.alignment_heads = {config.alignment_heads} exceeds model.num_heads "
-            f"({config.num_heads}); use 1..{config.num_heads}, or 0 for all heads"
-        )
+    check_model(config)
     sharing_inputs = config.share_embeddings in ("source_target_input", "all")
     if sharing_inputs and source_vocab_size != target_vocab_size:
         raise SeqtrainError(

@@ -33,15 +33,22 @@ NESTED = {
 
 
 def comments() -> dict:
-    """Map 'Class.field' -> the trailing comment of its line in config.py."""
-    out, current = {}, None
+    """Map 'Class.field' -> its comment in config.py (trailing, plus comment-only lines below)."""
+    out, current, last = {}, None, None
     for line in open(os.path.join(ROOT, "seqtrain", "config.py"), encoding="utf-8"):
         m = re.match(r"class (\w+)", line)
         if m:
-            current = m.group(1)
+            current, last = m.group(1), None
         m = re.match(r"    (\w+): .*?#\s*(.*)$", line)
         if m and current:
-            out[f"{current}.{m.group(1)}"] = m.group(2).strip()
+            last = f"{current}.{m.group(1)}"
+            out[last] = m.group(2).strip()
+            continue
+        m = re.match(r"    #\s*(.*)$", line)
+        if m and last:
+            out[last] += " " + m.group(1).strip()
+        else:
+            last = None
     return out
 
 
@@ -75,9 +82,8 @@ def main() -> None:
     for section, cls in SECTIONS.items():
         lines += ["", f"{section}:"]
         emit(cls, "  ", notes, lines)
-    lines.append(
-        "  # early_stopping example: {metric: bleu, min_improvement: 0.2, steps: 4}"
-    )
+        if cls is cfg.EvalConfig:
+            lines.append("  # early_stopping example: {metric: bleu, min_improvement: 0.2, steps: 4}")
     path = os.path.join(ROOT, "config", "reference.yml")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
