@@ -26,7 +26,7 @@ setup(
         "gpu": [TENSORFLOW_GPU],
         "align": ["eflomal>=2.0"],
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "eflomal>=2.0"],
+        "test": ["pytest>=7", "eflomal>=2.0", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["seqtrain = seqtrain.cli:main"]},
 )

@@ -120,22 +120,30 @@ def _parse_log_line(line: str) -> list[dict]:
     return []
 
 
+EVAL_ORDER = ("loss", "perplexity", "bleu", "chrf", "aer", "precision", "recall")
+
+
+def _eval_names(evals) -> list[str]:
+    names = {k for r in evals for k in r if k not in ("kind", "step")}
+    return [n for n in EVAL_ORDER if n in names] + sorted(names - set(EVAL_ORDER))
+
+
 def table(path: str) -> str:
-    """A compact text table of the train reports, with eval metrics joined on the step."""
+    """A compact text table of the train reports, with dev metrics (``dev_*``) joined on step."""
     records = read_records(path)
     evals = {r["step"]: r for r in records if r.get("kind") == "eval"}
-    train = [r for r in records if r.get("kind") == "train"]
-    eval_names = sorted({k for r in evals.values() for k in r if k not in ("kind", "step")})
-    columns = ["step", "loss", "ce", "alignment", "learning_rate", "tokens_per_sec"] + eval_names
-    header = ["step", "loss", "CE", "align", "lr", "tok/s"] + eval_names
-    rows = []
-    steps = sorted({r["step"] for r in train} | set(evals))
-    by_step = {r["step"]: r for r in train}
-    for step in steps:
-        merged = {**by_step.get(step, {}), **evals.get(step, {})}
-        rows.append([_cell(name, merged.get(name)) for name in columns])
-    if not rows:
+    train = {r["step"]: r for r in records if r.get("kind") == "train"}
+    if not train and not evals:
         raise SeqtrainError(f"{path}: no training reports found")
+    eval_names = _eval_names(evals.values())
+    columns = ["loss", "ce", "alignment", "learning_rate", "tokens_per_sec"]
+    header = ["step", "loss", "CE", "align", "lr", "tok/s"] + [f"dev_{n}" for n in eval_names]
+    rows = []
+    for step in sorted(set(train) | set(evals)):
+        row = [str(int(step))]
+        row += [_cell(name, train.get(step, {}).get(name)) for name in columns]
+        row += [_cell(name, evals.get(step, {}).get(name)) for name in eval_names]
+        rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
@@ -145,8 +153,6 @@ def table(path: str) -> str:
 def _cell(name: str, value) -> str:
     if value is None:
         return "-"
-    if name == "step":
-        return str(int(value))
     if name == "tokens_per_sec":
         return f"{value:.0f}"
     if name == "learning_rate":
@@ -171,15 +177,18 @@ def plot(path: str, output: str) -> None:
         points = [(r["step"], r[name]) for r in train if name in r]
         if points:
             left.plot(*zip(*points), label=name)
+    points = [(r["step"], r["loss"]) for r in evals if "loss" in r]
+    if points:
+        left.plot(*zip(*points), marker="o", label="dev loss")
     left.set_xlabel("step")
-    left.set_title("training")
+    left.set_title("losses")
     left.legend()
-    eval_names = sorted({k for r in evals for k in r if k not in ("kind", "step")})
+    eval_names = [n for n in _eval_names(evals) if n not in ("loss", "perplexity")]
     for name in eval_names:
         points = [(r["step"], r[name]) for r in evals if name in r]
         right.plot(*zip(*points), marker="o", label=name)
     right.set_xlabel("step")
-    right.set_title("evaluation")
+    right.set_title("dev set (%)")
     if eval_names:
         right.legend()
     fig.tight_layout()

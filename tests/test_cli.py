@@ -95,8 +95,8 @@ def test_log_table_from_metrics_and_from_a_captured_log(tmp_path):
     proc = run_cli("log", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     header, row = proc.stdout.strip().splitlines()
-    assert header.split() == ["step", "loss", "CE", "align", "lr", "tok/s", "aer", "bleu"]
-    assert row.split() == ["100", "3.5000", "3.2500", "1.5000", "2.50e-04", "4000", "30.2500", "12.5000"]
+    assert header.split() == ["step", "loss", "CE", "align", "lr", "tok/s", "dev_bleu", "dev_aer"]
+    assert row.split() == ["100", "3.5000", "3.2500", "1.5000", "2.50e-04", "4000", "12.5000", "30.2500"]
     log = tmp_path / "train.log"
     log.write_text(
         "2024-01-01 12:00:00.000000: I runner.py:310] Step = 200 ; steps/s = 2.45, tokens/s = "
@@ -128,3 +128,16 @@ def test_unknown_subcommand_and_missing_config_exit_2(tmp_path):
     proc = run_cli("train", "--config", str(tmp_path / "missing.yml"))
     assert proc.returncode == 2 and "missing.yml" in proc.stderr and "Traceback" not in proc.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_log_plot_draws_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = [
+        {"kind": "train", "step": s, "loss": 4.0 / s, "ce": 3.5 / s, "alignment": 1.0 / s}
+        for s in (1, 2, 3)
+    ] + [{"kind": "eval", "step": 3, "bleu": 20.0, "aer": 30.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    png = tmp_path / "curves.png"
+    proc = run_cli("log", str(tmp_path), "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
