@@ -5,7 +5,7 @@ Usage: python bench/translate.py [--corpus toy multi30k] [--steps 200] [--work D
 
 For each corpus, a model is trained for ``--steps`` updates with ``seqtrain.trainer.train`` (a
 small config written to a scratch directory, reused if it already holds a checkpoint), then its
-test set is translated with ``evaluate.Translator`` (length-sorted batches, the ``translate``
+test set is translated with ``translate.Translator`` (length-sorted batches, the ``translate``
 command's path). Times exclude tracing: every configuration first decodes a warm-up slice. Batch
 size 1 decodes only the first ``--limit-batch1`` sentences (it is slow). Tokens/s counts the
 generated 1-best target tokens (``</s>`` excluded); a briefly trained model may ramble, so the
@@ -25,7 +25,7 @@ import sacrebleu
 import tensorflow as tf
 
 from seqtrain import config as cfg
-from seqtrain import evaluate, trainer
+from seqtrain import trainer, translate
 from seqtrain.export import restore_model
 from seqtrain.vocab import Vocab, build_vocab, read_text_lines
 
@@ -95,7 +95,7 @@ def bench(config, source_path, reference_path, limit_batch1):
     for beam in (1, 4):
         for batch_size in (1, 32):
             count = limit_batch1 if batch_size == 1 else len(sources)
-            translator = evaluate.Translator(model, config.params, batch_size, beam_width=beam)
+            translator = translate.Translator(model, config.params, batch_size, beam_width=beam)
             translator(sources[:batch_size])  # trace and warm up
             start = time.perf_counter()
             hypotheses = translator(sources[:count])

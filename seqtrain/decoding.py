@@ -7,7 +7,9 @@ The searches are graph code (``tf.while_loop``) on any object with the increment
 
 Conventions (both searches):
   * decoding starts from ``<s>`` and runs at most ``maximum_length`` steps; ``</s>`` ends a
-    hypothesis; a hypothesis that never emits it is cut at ``maximum_length`` tokens;
+    hypothesis; a hypothesis that never emits it is cut at ``maximum_length`` tokens; greedy
+    search stops when every hypothesis has ended, beam search when every sentence's n best
+    beams have (see ``beam_search``);
   * ``ids`` hold the output tokens without ``<s>`` and without ``</s>``, then PAD (0);
     ``lengths`` count those tokens;
   * a score is the sum of the token log-probabilities, ``</s>``'s included; beam search divides
@@ -102,8 +104,15 @@ def beam_search(
     """Beam search with the GNMT length penalty.
 
     A finished beam stays in the beam: it can only be extended by ``</s>`` at log-probability 0
-    (its length and score frozen), competing with the open ones. Search stops when every beam of
-    every sentence has finished, or after ``maximum_length`` steps.
+    (its length and score frozen), competing with the open ones.
+
+    Stopping rule (the usual heuristic, as fairseq and Marian): a sentence is done once its top
+    ``n_best`` beams by current length-penalized score have all finished; from then on its beams
+    are frozen (no longer extended) so its result does not depend on the rest of the batch. The
+    search ends when every sentence is done, or after ``maximum_length`` steps. With
+    ``length_penalty`` 0 this is exact (an open hypothesis' score only falls as it grows); with a
+    GNMT penalty an open hypothesis could in theory still overtake a finished one, since the
+    penalty's divisor grows with the length.
 
     Args:
       model: incremental decoding API; source_ids int32 [B, S]; source_length int32 [B].
@@ -112,6 +121,7 @@ def beam_search(
 
     Returns:
       ``DecodingResult``: N best hypotheses per sentence by length-penalized score, descending.
+      L (the time dimension) is the number of steps the search ran.
     """
     if n_best > beam_width:
         raise SeqtrainError(
@@ -132,14 +142,16 @@ def beam_search(
         "log_probs": tf.tile(first[tf.newaxis], [batch, 1]),  # cumulative, [B, K]
         "finished": tf.zeros([batch, k], tf.bool),
         "generated": tf.zeros([batch, k], tf.int32),  # tokens incl. </s> once emitted
+        "done": tf.zeros([batch], tf.bool),  # sentence finished searching (stopping rule)
         "ids": tf.zeros([batch, k, 0], tf.int32),
         "attention": tf.zeros([batch, k, 0, source_len]),
     }
     state = _decode_loop(
         model,
         state,
-        lambda state: _beam_step(model, state, batch, k, length_penalty),
+        lambda state: _beam_step(model, state, batch, k, length_penalty, n_best),
         maximum_length,
+        done_key="done",
     )
     scores = state["log_probs"] / length_penalty_factor(state["generated"], length_penalty)
     scores, best = tf.math.top_k(scores, k=n_best)
@@ -149,31 +161,43 @@ def beam_search(
     return _mask_result(ids, tf.gather(lengths, best, batch_dims=1), scores, attention)
 
 
-def _beam_step(model, state, batch, k, alpha):
-    """One beam-search step on the loop state (see ``beam_search``)."""
+def _beam_step(model, state, batch, k, alpha, n_best):
+    """One beam-search step on the loop state (see ``beam_search``).
+
+    Beams of finished hypotheses and all beams of done sentences are frozen: their only
+    candidate is ``</s>`` at log-probability 0 with the length unchanged, so they keep their
+    score (and, being sorted already, their order).
+    """
     step, finished = state["step"], state["finished"]
+    frozen = tf.logical_or(finished, state["done"][:, tf.newaxis])  # [B, K]
     logits, attention, cache = model.decode_step(state["inputs"], step, state["cache"])
     vocab = tf.shape(logits)[-1]
     log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
     eos_only = tf.one_hot(EOS_ID, vocab, on_value=0.0, off_value=NEG_INF)
-    log_probs = tf.where(finished[:, :, tf.newaxis], eos_only, log_probs)
+    log_probs = tf.where(frozen[:, :, tf.newaxis], eos_only, log_probs)
     total = state["log_probs"][:, :, tf.newaxis] + log_probs  # [B, K, V]
-    generated = tf.where(finished, state["generated"], step + 1)
+    generated = tf.where(frozen, state["generated"], step + 1)
     scores = total / length_penalty_factor(generated, alpha)[:, :, tf.newaxis]
+    # Sorted, so the first n_best beams are the sentence's best by current score.
     _, top = tf.math.top_k(tf.reshape(scores, [batch, k * vocab]), k=k)  # [B, K]
     parent, tokens = top // vocab, top % vocab
     flat_parent = tf.reshape(parent + tf.range(batch)[:, tf.newaxis] * k, [-1])
     attention = tf.gather(tf.reshape(attention, [batch, k, -1]), parent, batch_dims=1)
     history = tf.gather(state["attention"], parent, batch_dims=1)
+    # The </s> that extends a frozen beam ends nothing new (an open beam of a done sentence
+    # stays open, its length unchanged; its ids past the length are masked at the end).
+    opens_eos = tf.logical_and(
+        tf.equal(tokens, EOS_ID), tf.logical_not(tf.gather(frozen, parent, batch_dims=1))
+    )
+    finished = tf.logical_or(tf.gather(finished, parent, batch_dims=1), opens_eos)
     return {
         "step": step + 1,
         "inputs": tf.reshape(tokens, [-1]),
         "cache": tf.nest.map_structure(lambda x: tf.gather(x, flat_parent), cache),
         "log_probs": tf.gather(tf.reshape(total, [batch, k * vocab]), top, batch_dims=1),
-        "finished": tf.logical_or(
-            tf.gather(finished, parent, batch_dims=1), tf.equal(tokens, EOS_ID)
-        ),
+        "finished": finished,
         "generated": tf.gather(generated, parent, batch_dims=1),
+        "done": tf.logical_or(state["done"], tf.reduce_all(finished[:, :n_best], axis=1)),
         "ids": tf.concat(
             [tf.gather(state["ids"], parent, batch_dims=1), tokens[:, :, tf.newaxis]], axis=2
         ),
@@ -181,9 +205,9 @@ def _beam_step(model, state, batch, k, alpha):
     }
 
 
-def _decode_loop(model, state, step_fn, maximum_length):
-    """Apply ``step_fn`` to the state dict until every hypothesis has finished (``finished``) or
-    after ``maximum_length`` steps; a ``tf.while_loop`` in graph mode.
+def _decode_loop(model, state, step_fn, maximum_length, done_key="finished"):
+    """Apply ``step_fn`` to the state dict until ``state[done_key]`` (bool, any shape) is all
+    true or after ``maximum_length`` steps; a ``tf.while_loop`` in graph mode.
 
     Shape invariants: the cache's come from the model; every other entry may change any
     dimension (batch, beams, and the time axis of ids/attention that grow by one per step).
@@ -196,7 +220,7 @@ def _decode_loop(model, state, step_fn, maximum_length):
     invariants["cache"] = model.cache_shape_invariants(state["cache"])
 
     def cond(state):
-        alive = tf.logical_not(tf.reduce_all(state["finished"]))
+        alive = tf.logical_not(tf.reduce_all(state[done_key]))
         return tf.logical_and(state["step"] < maximum_length, alive)
 
     # The loop variables are a 1-tuple holding the state dict (tf.while_loop wants a sequence).

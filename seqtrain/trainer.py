@@ -307,7 +307,7 @@ def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None 
     if config.eval.steps and config.data.eval_features_file:
         from seqtrain.evaluate import Evaluator  # decoding and sacrebleu: only when evaluating
 
-        evaluator = Evaluator.for_training(config, model)
+        evaluator = Evaluator.for_training(config, model, chief=chief)
     _loop(config, trainer, batches, accum, saver, writer, evaluator)
 
 

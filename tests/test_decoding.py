@@ -113,9 +113,9 @@ def test_maximum_length_and_eos(beam_width):
     assert not np.any(never.ids.numpy() == EOS_ID)
     immediately = compile_search(make_model(eos_bias=100.0), beam_width=beam_width)
     result = immediately(ids, lengths, tf.constant(6))
-    # Greedy stops after one step. The beam's other K-1 first-step hypotheses (non-</s> tokens
-    # of beam 0) need a second step to end.
-    assert result.ids.shape[2] == (1 if beam_width == 1 else 2)
+    # Both stop after one step: the best hypothesis is "</s>"; the beam's other K-1 first-step
+    # hypotheses (still open) cannot overtake it and are not extended.
+    assert result.ids.shape[2] == 1
     np.testing.assert_array_equal(result.lengths, np.zeros((3, 1)))
     np.testing.assert_allclose(result.scores, np.zeros((3, 1)), atol=1e-5)
 
@@ -205,7 +205,10 @@ def exhaustive(logits, attention, max_len, alpha):
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_search_exhaustive_on_scripted_model(alpha):
     """With a beam as wide as the whole search space, beam search returns the exact n best
-    hypotheses, their scores, and the attention rows of their own steps (back-pointers)."""
+    hypotheses, their scores, and the attention rows of their own steps (back-pointers).
+
+    The stopping rule cannot cut this search short, whatever alpha: only 5 hypotheses can end
+    before step 3 ("</s>" and "x </s>"), fewer than the 10 best that must have ended."""
     rng = np.random.default_rng(0)
     vocab, max_len, source_len = 5, 3, 4
     logits = rng.normal(scale=2.0, size=(2, max_len, vocab, vocab))
@@ -221,6 +224,69 @@ def test_beam_search_exhaustive_on_scripted_model(alpha):
             assert result.lengths[b, n] == len(tokens)
             assert list(result.ids.numpy()[b, n, : len(tokens)]) == tokens
             np.testing.assert_allclose(result.attention[b, n, : len(tokens)], rows[: len(tokens)])
+
+
+def stop_step(logits, max_len, n_best):
+    """The step after which the stopping rule ends the search of one sentence (alpha 0): the
+    first t at which the n_best best of {hypotheses ended by step t} + {open prefixes of t
+    tokens} have all ended; max_len if none."""
+    vocab = logits.shape[-1]
+    for t in range(1, max_len):
+        candidates = []  # (score, ended)
+        for n in range(1, t + 1):
+            for seq in itertools.product(range(vocab), repeat=n):
+                if EOS_ID in seq[:-1] or (n < t and seq[-1] != EOS_ID):
+                    continue
+                prev = (BOS_ID,) + seq[:-1]
+                total = sum(log_softmax(logits[i, prev[i]])[seq[i]] for i in range(n))
+                candidates.append((total, seq[-1] == EOS_ID))
+        if all(ended for _, ended in sorted(candidates, key=lambda c: -c[0])[:n_best]):
+            return t
+    return max_len
+
+
+def test_beam_search_stops_early_and_stays_exact_without_length_penalty():
+    """alpha 0: an open hypothesis' score only falls as it grows, so stopping once the n best
+    beams have ended changes nothing. Sentence 0 favours </s> at the first two steps and stops
+    early; sentence 1 runs longer and sentence 0's frozen result must not change meanwhile."""
+    rng = np.random.default_rng(1)
+    vocab, max_len, source_len, n_best = 5, 4, 3, 2
+    logits = rng.normal(scale=1.0, size=(2, max_len, vocab, vocab))
+    logits[0, :2, :, EOS_ID] += 4.0
+    attention = rng.uniform(size=(2, max_len, vocab, source_len))
+    steps = [stop_step(logits[b], max_len, n_best) for b in range(2)]
+    assert steps == [2, 4]  # the scenario: one sentence stops early, the other does not
+    search = compile_search(TableModel(logits, attention), beam_width=85, n_best=n_best)
+    for rows in ([0], [0, 1]):
+        ids = tf.constant([[r, 1, 1] for r in rows], tf.int32)
+        result = search(ids, tf.constant([3] * len(rows)), tf.constant(max_len))
+        assert result.ids.shape[2] == max(steps[r] for r in rows)
+        for b, r in enumerate(rows):
+            expected = exhaustive(logits[r], attention[r], max_len, 0.0)[:n_best]
+            np.testing.assert_allclose(result.scores[b], [h[0] for h in expected], atol=1e-5)
+            for n, (_, tokens, _) in enumerate(expected):
+                assert result.lengths[b, n] == len(tokens)
+                assert list(result.ids.numpy()[b, n, : len(tokens)]) == tokens
+                assert not np.any(result.ids.numpy()[b, n, len(tokens) :])
+
+
+def test_beam_search_stops_when_best_ended_while_others_ramble():
+    """A scripted model whose best hypothesis "3 </s>" ends at step 2 while every other beam
+    could only ramble (</s> impossible) up to maximum_length: the search stops after 2 steps,
+    with the GNMT penalty too, whatever the length cap."""
+    vocab, max_len, beam = 6, 30, 3
+    logits = np.zeros((1, max_len, vocab, vocab))
+    logits[0, :, :, EOS_ID] = -30.0  # </s> (nearly) impossible ...
+    logits[0, 0, BOS_ID, 3:5] = [2.0, 1.0]  # ... except after a first token 3
+    logits[0, 1, 3, EOS_ID] = 5.0
+    model = TableModel(logits, np.ones((1, max_len, vocab, 2)))
+    search = compile_search(model, beam_width=beam, length_penalty=0.6)
+    probs = [log_softmax(logits[0, 0, BOS_ID])[3], log_softmax(logits[0, 1, 3])[EOS_ID]]
+    for cap in (10, max_len):
+        result = search(tf.constant([[0, 1]]), tf.constant([2]), tf.constant(cap))
+        assert result.ids.shape[2] == 2
+        assert result.ids.numpy()[0, 0].tolist() == [3, 0] and result.lengths[0, 0] == 1
+        np.testing.assert_allclose(result.scores[0, 0], sum(probs) / (7 / 6) ** 0.6, rtol=1e-5)
 
 
 def test_n_best_cannot_exceed_beam_width():

@@ -1,10 +1,8 @@
-"""seqtrain.evaluate: translate output, word merging, eval metrics, early stopping, best weights."""
+"""seqtrain.evaluate: eval metrics, early stopping, best weights (translate: test_translate)."""
 
-import dataclasses
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -13,7 +11,7 @@ import pytest
 import sacrebleu
 import tensorflow as tf
 
-from seqtrain import aer, data, decoding, evaluate, losses
+from seqtrain import aer, data, decoding, evaluate, losses, translate
 from seqtrain import config as cfg
 from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
@@ -66,34 +64,6 @@ def run(tmp_path_factory):
 # ---------------------------------------------------------------- pure functions
 
 
-def test_target_word_of_piece():
-    assert evaluate.target_word_of_piece(["a", "b", "c"], False) == [0, 1, 2]
-    pieces = ["▁das", "▁Hau", "s", "▁", "ist", "▁gut"]
-    assert evaluate.target_word_of_piece(pieces, True) == [0, 1, 1, 2, 2, 3]
-    # A first piece without "▁" still starts word 0.
-    assert evaluate.target_word_of_piece(["s", "▁a", "b"], True) == [0, 1, 1]
-
-
-def test_merge_to_words_hand_made():
-    # source "the house is": ▁the ▁hou se ▁is; target "das Haus ist": ▁das ▁Hau s ▁ist
-    source_words, target_words = [0, 1, 1, 2], [0, 1, 1, 2]
-    links = [(0, 0), (1, 1), (2, 2), (2, 1), (3, 3)]
-    assert evaluate.merge_to_words(links, source_words, target_words) == {(0, 0), (1, 1), (2, 2)}
-    # Two source pieces of one word linked to two target words: both word links survive.
-    assert evaluate.merge_to_words([(1, 0), (2, 3)], [0, 1, 1], [0, 0, 1, 2]) == {(1, 0), (1, 2)}
-    assert evaluate.merge_to_words([], [0], [0]) == set()
-
-
-def test_output_formats():
-    assert evaluate.format_links({(2, 0), (0, 1), (1, 1), (3, 0)}) == "2-0 3-0 0-1 1-1"
-    assert evaluate.format_line("a b") == "a b"
-    assert evaluate.format_line("a b", -1.5) == "-1.500000 ||| a b"
-    assert evaluate.format_line("a b", -1.5, "0-0 1-1") == "-1.500000 ||| a b ||| 0-0 1-1"
-    assert evaluate.format_line("a", None, "0-0") == "a ||| 0-0"
-    soft = np.array([[0.25, 0.75], [1.0, 0.0]])
-    assert evaluate.format_soft(soft) == "0.250000 0.750000 ; 1.000000 0.000000"
-
-
 def test_is_better_directions_and_margin():
     assert evaluate.is_better("loss", 1.0, 2.0) and not evaluate.is_better("loss", 2.0, 1.0)
     assert evaluate.is_better("aer", 10.0, 12.0) and evaluate.is_better("perplexity", 3.0, 4.0)
@@ -130,112 +100,8 @@ def test_patience(metric, values, min_improvement, steps, stop_after):
         assert metric in patience.reason and f"last {steps} evaluations" in patience.reason
 
 
-# ---------------------------------------------------------------- Translator (copy model)
-
-
-class CopyModel:
-    """Incremental-decoding stand-in: emits the source ids then </s> (logit 0 vs -5 for every
-    other id) and attends to source position length-1-t at step t (a reversed diagonal)."""
-
-    vocab = 30
-
-    def encode(self, source_ids, source_length, training=False):
-        return source_ids, tf.sequence_mask(source_length, tf.shape(source_ids)[1])
-
-    def initial_cache(self, memory, memory_mask):
-        return {"ids": memory, "mask": memory_mask}
-
-    def cache_shape_invariants(self, cache):
-        return tf.nest.map_structure(lambda x: tf.TensorShape([None] * x.shape.rank), cache)
-
-    def decode_step(self, ids, step, cache):
-        width = tf.shape(cache["ids"])[1]
-        length = tf.reduce_sum(tf.cast(cache["mask"], tf.int32), axis=1)
-        source = tf.gather(cache["ids"], tf.minimum(step, width - 1), axis=1)
-        token = tf.where(step < length, source, EOS)
-        logits = tf.one_hot(token, self.vocab, on_value=0.0, off_value=-5.0)
-        attention = tf.one_hot(tf.maximum(length - 1 - step, 0), width)
-        return logits, attention, cache
-
-
-@pytest.mark.parametrize("beam_width", [1, 3])
-def test_translator_restores_input_order(beam_width):
-    inputs = [[4, 5, 6, 7, 8], [9], [10, 11, 12], [], [13, 14, 15, 16], [17, 18]]
-    params = cfg.ParamsConfig(beam_width=beam_width, length_penalty=0.6, maximum_decoding_length=9)
-    translator = evaluate.Translator(CopyModel(), params, batch_size=2)
-    results = translator(inputs)
-    token_log_prob = -math.log(1.0 + (CopyModel.vocab - 1) * math.exp(-5.0))
-    for source, hyps in zip(inputs, results):
-        (hyp,) = hyps
-        assert hyp.ids.tolist() == source
-        n = len(source)
-        assert hyp.attention.shape == (n, n)
-        assert decoding.hard_alignments(hyp.attention, n, n) == [(n - 1 - t, t) for t in range(n)]
-        if not n:  # empty input: not decoded
-            assert hyp.score == 0.0
-            continue
-        expected = (n + 1) * token_log_prob  # </s> included
-        if beam_width > 1:
-            expected /= ((5.0 + n + 1) / 6.0) ** 0.6
-        assert hyp.score == pytest.approx(expected, rel=1e-5)
-
-
-def test_translator_n_best_bound():
-    with pytest.raises(SeqtrainError, match="n_best"):
-        evaluate.Translator(CopyModel(), cfg.ParamsConfig(beam_width=2), 4, n_best=3)
-
-
-# ---------------------------------------------------------------- translate_command
-
-
 def read(path):
     return list(read_text_lines(path))
-
-
-def test_translate_formats(run, tmp_path):
-    config, files = run
-    sources = read(files["src"])
-    out = str(tmp_path / "out.txt")
-    evaluate.translate_command(
-        config, files["src"], out, with_alignments="hard", with_scores=True, n_best=2
-    )
-    lines = read(out)
-    assert len(lines) == 2 * len(sources)
-    pattern = re.compile(r"(-?\d+\.\d{6}) \|\|\| (.*) \|\|\| ((?:\d+-\d+(?: \d+-\d+)*)?)")
-    for k, line in enumerate(lines):
-        match = pattern.fullmatch(line)
-        assert match, line
-        tokens = match.group(2).split()
-        links = [tuple(map(int, pair.split("-"))) for pair in match.group(3).split()]
-        source_length = len(sources[k // 2].split())
-        assert [t for _, t in links] == list(range(len(tokens)))  # one link per target token
-        assert all(0 <= s < source_length for s, _ in links)
-    for k in range(0, len(lines), 2):  # best first
-        assert float(lines[k].split(" |||")[0]) >= float(lines[k + 1].split(" |||")[0])
-    # The plain 1-best output is the first of each n-best pair, without score and links.
-    plain = str(tmp_path / "plain.txt")
-    evaluate.translate_command(config, files["src"], plain)
-    assert read(plain) == [line.split(" ||| ")[1] for line in lines[::2]]
-
-
-def test_translate_soft_alignments(run, tmp_path):
-    config, files = run
-    out = str(tmp_path / "soft.txt")
-    evaluate.translate_command(config, files["src"], out, with_alignments="soft")
-    for source, line in zip(read(files["src"]), read(out)):
-        text, matrix = line.split(" ||| ")
-        rows = [list(map(float, row.split())) for row in matrix.split(" ; ")] if matrix else []
-        assert len(rows) == len(text.split())
-        for row in rows:
-            assert len(row) == len(source.split())
-            assert sum(row) == pytest.approx(1.0, abs=1e-4)  # real source columns only
-
-
-def test_translate_without_checkpoint_is_a_user_error(tmp_path, run):
-    config, files = run
-    empty = dataclasses.replace(config, model_dir=str(tmp_path / "none"))
-    with pytest.raises(SeqtrainError, match="no checkpoint"):
-        evaluate.translate_command(empty, files["src"])
 
 
 # ---------------------------------------------------------------- evaluation
@@ -293,7 +159,7 @@ def test_eval_metrics_match_independent_computations(run, tmp_path):
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-6)
     # BLEU / chrF: sacrebleu on translate's output (a separate decoding path) vs raw references.
     out = str(tmp_path / "hyp.txt")
-    evaluate.translate_command(config, files["src"], out)
+    translate.translate_command(config, files["src"], out)
     hyps, refs = read(out), read(files["tgt"])
     assert metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
     assert metrics["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)
@@ -364,6 +230,27 @@ def test_best_weights_and_early_stopping(tmp_path):
     scripted(again, [{"loss": 1.0, "bleu": 12.1}])
     again(500)
     assert read_json(best)["step"] == 300
+
+
+def test_only_the_chief_writes_best_and_export(tmp_path):
+    """Other workers of a multi-worker run track the same best values and early stopping but
+    write neither model_dir/best/ nor model_dir/export/best."""
+    config, _ = make_run(str(tmp_path), lines=4, overrides={
+        "eval": {"early_stopping": {"metric": "loss", "steps": 1}, "export_on_best": "loss"},
+    })  # fmt: skip
+    model, _ = restore_model(config)
+    worker = evaluate.Evaluator.for_training(config, model, chief=False)
+    scripted(worker, [{"loss": 3.0}, {"loss": 2.0}, {"loss": 2.5}])
+    for step in (1, 2, 3):
+        worker(step)
+    assert worker.best_value == 2.0 and worker.export_best == 2.0 and worker.should_stop()
+    assert not os.path.exists(os.path.join(config.model_dir, "best"))
+    assert not os.path.exists(os.path.join(config.model_dir, "export"))
+    chief = evaluate.Evaluator.for_training(config, model)
+    scripted(chief, [{"loss": 3.0}])
+    chief(1)
+    assert read_json(os.path.join(config.model_dir, "best", "best.json"))["step"] == 1
+    assert os.path.isfile(os.path.join(config.model_dir, "export", "best", "saved_model.pb"))
 
 
 def test_evaluator_is_none_without_eval_files(run):
@@ -439,3 +326,11 @@ def test_guided_alignment_lowers_dev_aer(tmp_path):
         assert logged["aer"] == pytest.approx(results[guided]["aer"], abs=1e-6)
         assert read_json(os.path.join(config.model_dir, "best", "best.json"))["step"] == steps
     assert results[True]["aer"] < results[False]["aer"] - 5.0, results
+
+
+def test_unknown_export_metric(run):
+    config, _ = run
+    raw = cfg.to_dict(config)
+    raw["eval"]["export_on_best"] = "blue"
+    with pytest.raises(SeqtrainError, match="export_on_best"):
+        evaluate.Evaluator.for_training(cfg.build(raw, "test"), restore_model(config)[0])

@@ -10,7 +10,7 @@ import sentencepiece
 import tensorflow as tf
 
 from seqtrain import config as cfg
-from seqtrain import evaluate, export
+from seqtrain import evaluate, export, translate
 from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.vocab import build_vocab, read_text_lines, train_sentencepiece
@@ -94,7 +94,7 @@ def test_exported_model_translates_as_translate_command(whitespace_run, sentence
         inputs = os.path.join(config.model_dir, "inputs.txt")
         write_lines(inputs, sources)
         out = os.path.join(config.model_dir, "out.txt")
-        evaluate.translate_command(config, inputs, out, with_alignments="hard", with_scores=True)
+        translate.translate_command(config, inputs, out, with_alignments="hard", with_scores=True)
         directory = export.export(config, os.path.join(config.model_dir, "export"))
         cases.append((directory, list(read_text_lines(out))))
     processor = sentencepiece.SentencePieceProcessor(model_file=sp_model)

@@ -19,6 +19,7 @@ STAGES = [
     {"checkpoints", "runlog"},
     {"decoding"},
     {"export"},
+    {"translate"},
     {"evaluate"},
     {"trainer"},
     {"cli"},

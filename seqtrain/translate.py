@@ -1,0 +1,215 @@
+"""Translation with alignments: the ``seqtrain translate`` command and its output lines.
+
+``seqtrain translate`` writes one line per hypothesis, in OpenNMT-tf's format:
+
+    [SCORE ||| ]TRANSLATION[ ||| ALIGNMENT]
+
+* SCORE (``--with_scores``): ``%f`` of the decoding score (beam search: sum of the token
+  log-probabilities, ``</s>`` included, divided by the GNMT length penalty; greedy: the plain sum).
+* hard ALIGNMENT: Pharaoh pairs ``s-t`` (0-based source index, dash, 0-based target index),
+  space-separated, sorted by target then source index. Target token t (``</s>`` excluded) is
+  linked to the source token the guided head attends to most (argmax over the real source
+  tokens). With ``data.alignment_level: words`` the indices count whitespace words instead:
+  words of the raw input line and of the printed translation; two words are linked if any of
+  their pieces are (source words of pieces: ``Tokenizer.tokenize_with_words``; target words: a
+  piece starting with "▁" opens a word, or one word per token without SentencePiece).
+* soft ALIGNMENT: the guided head's attention, one row per target token (``</s>`` excluded),
+  each row S source-token probabilities ``%.6f`` separated by spaces, rows separated by `` ; ``.
+  Always over model tokens, whatever ``alignment_level``.
+* ``n_best`` N: N consecutive lines per input, best first. An empty input line is not decoded:
+  its N lines are empty translations with score 0 and no links.
+
+Inputs are decoded in batches of similar length (less padding); outputs keep the input order.
+``Translator``, ``TargetText``, ``tokenize_lines`` and ``merge_to_words`` also serve
+``seqtrain.evaluate`` (BLEU/chrF of the dev translations, word-level AER).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from seqtrain import alignment, data, decoding
+from seqtrain.errors import SeqtrainError
+from seqtrain.export import restore_model
+from seqtrain.vocab import SP_MARKER, read_text_lines
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Hypothesis:
+    ids: np.ndarray  # int32 [n]: target ids without </s>
+    score: float
+    attention: np.ndarray  # float32 [n, S]: guided-head rows of the n tokens, real source columns
+
+
+class Translator:
+    """Decodes lists of source ids in length-sorted batches; results come back in input order."""
+
+    def __init__(self, model, params, batch_size: int, n_best: int = 1, beam_width=None):
+        """params: ``config.params`` (beam_width, length_penalty, maximum_decoding_length)."""
+        beam_width = params.beam_width if beam_width is None else beam_width
+        if n_best > beam_width:
+            raise SeqtrainError(
+                f"n_best ({n_best}) cannot exceed params.beam_width ({beam_width}); lower "
+                "--n_best / infer.n_best or raise params.beam_width"
+            )
+        self.n_best, self.batch_size = n_best, batch_size
+        self.maximum_length = tf.constant(params.maximum_decoding_length, tf.int32)
+        self._search = decoding.compile_search(model, beam_width, params.length_penalty, n_best)
+
+    def __call__(self, source_id_lists) -> list[list[Hypothesis]]:
+        """source_id_lists: int sequences (no BOS/EOS) -> n_best Hypothesis per input."""
+        results: list = [None] * len(source_id_lists)
+        nonempty = [i for i, ids in enumerate(source_id_lists) if len(ids)]
+        for i in set(range(len(source_id_lists))) - set(nonempty):
+            results[i] = [Hypothesis(np.zeros(0, np.int32), 0.0, np.zeros((0, 0), np.float32))]
+            results[i] *= self.n_best
+        dataset = data.inference_dataset(
+            [source_id_lists[i] for i in nonempty], self.batch_size, sort_by_length=True
+        )
+        for batch in dataset:
+            out = self._search(batch["source_ids"], batch["source_length"], self.maximum_length)
+            ids, lengths, scores, attention = (x.numpy() for x in out)
+            source_lengths = batch["source_length"].numpy()
+            for row, k in enumerate(batch["index"].numpy()):
+                results[nonempty[k]] = [
+                    Hypothesis(
+                        ids[row, j, : lengths[row, j]],
+                        float(scores[row, j]),
+                        attention[row, j, : lengths[row, j], : source_lengths[row]],
+                    )
+                    for j in range(self.n_best)
+                ]
+        return results
+
+
+def target_word_of_piece(pieces, is_subword: bool) -> list[int]:
+    """Word index of each output piece: "▁" opens a word (SentencePiece), else one word each.
+
+    A first piece without "▁" still belongs to word 0.
+    """
+    if not is_subword:
+        return list(range(len(pieces)))
+    words, word = [], -1
+    for piece in pieces:
+        if word < 0 or piece.startswith(SP_MARKER):
+            word += 1
+        words.append(word)
+    return words
+
+
+def merge_to_words(links, source_word_of_piece, target_word_of_piece) -> set[tuple[int, int]]:
+    """Piece links (s, t) -> word links (i, j): words i and j are linked if any pieces are."""
+    return {(source_word_of_piece[s], target_word_of_piece[t]) for s, t in links}
+
+
+def format_links(links) -> str:
+    """(s, t) links -> ``"s-t s-t"`` sorted by target then source index."""
+    return " ".join(f"{s}-{t}" for s, t in sorted(links, key=lambda link: (link[1], link[0])))
+
+
+def format_soft(attention) -> str:
+    """[n, S] probabilities -> rows of ``%.6f`` separated by spaces, rows joined by `` ; ``."""
+    return " ; ".join(" ".join(f"{p:.6f}" for p in row) for row in attention)
+
+
+def format_line(translation: str, score: float | None = None, alignment: str | None = None):
+    """``[SCORE ||| ]TRANSLATION[ ||| ALIGNMENT]`` (OpenNMT-tf's translate output)."""
+    line = translation if score is None else f"{score:f} ||| {translation}"
+    return line if alignment is None else f"{line} ||| {alignment}"
+
+
+class TargetText:
+    """Target vocabulary + tokenizer: ids -> pieces -> text, and word indices of pieces."""
+
+    def __init__(self, tokenizer, vocab):
+        self.tokenizer, self.vocab = tokenizer, vocab
+
+    def pieces(self, ids) -> list[str]:
+        return self.vocab.tokens(ids)
+
+    def text(self, ids) -> str:
+        return self.tokenizer.detokenize(self.pieces(ids))
+
+
+def _render(hyp, target, with_alignments, with_scores, source_words=None) -> str:
+    """One output line of ``hyp``; source_words: word of each source piece (words level)."""
+    pieces = target.pieces(hyp.ids)
+    text = target.tokenizer.detokenize(pieces)
+    links = None
+    if with_alignments == "soft":
+        links = format_soft(hyp.attention)
+    elif with_alignments == "hard":
+        pairs = decoding.hard_alignments(hyp.attention, *hyp.attention.shape)
+        if source_words is not None:
+            tgt_words = target_word_of_piece(pieces, target.tokenizer.is_subword)
+            pairs = merge_to_words(pairs, source_words, tgt_words)
+        links = format_links(pairs)
+    return format_line(text, hyp.score if with_scores else None, links)
+
+
+def tokenize_lines(lines, tokenizer, with_words: bool, path: str):
+    """Raw lines -> (pieces per line, word_of_piece per line or None)."""
+    if not with_words:
+        return [tokenizer.tokenize(line) for line in lines], None
+    pieces, words = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            line_pieces, word_of_piece = tokenizer.tokenize_with_words(line)
+        except ValueError as e:
+            raise SeqtrainError(f"{path} line {number}: {e}") from e
+        pieces.append(line_pieces)
+        words.append(word_of_piece)
+    return pieces, words
+
+
+def translate_command(
+    config,
+    features_file: str,
+    predictions_file: str | None = None,
+    checkpoint_path: str | None = None,
+    with_alignments: str | None = None,
+    with_scores: bool = False,
+    n_best: int | None = None,
+) -> None:
+    """``seqtrain translate``: see the module docstring for the output format.
+
+    Unset options fall back to ``config.infer`` (with_alignments, with_scores, n_best,
+    batch_size) and ``config.params`` (beam_width, length_penalty, maximum_decoding_length).
+    """
+    infer = config.infer
+    with_alignments = with_alignments or infer.with_alignments
+    with_scores = with_scores or infer.with_scores
+    n_best = n_best or infer.n_best
+    model, path = restore_model(config, checkpoint_path)
+    src_tok, tgt_tok, src_vocab, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
+    word_level = with_alignments == "hard" and config.data.alignment_level == "words"
+    lines = list(read_text_lines(features_file))
+    pieces, source_words = tokenize_lines(lines, src_tok, word_level, features_file)
+    translator = Translator(model, config.params, infer.batch_size, n_best)
+    start = time.time()
+    hypotheses = translator([src_vocab.ids(p) for p in pieces])
+    elapsed = time.time() - start
+    target = TargetText(tgt_tok, tgt_vocab)
+    if predictions_file:
+        out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    else:
+        out = contextlib.nullcontext(sys.stdout)
+    with out as stream:
+        for i, hyps in enumerate(hypotheses):
+            words = source_words[i] if source_words is not None else None
+            for hyp in hyps:
+                stream.write(_render(hyp, target, with_alignments, with_scores, words) + "\n")
+    tokens = sum(len(hyps[0].ids) for hyps in hypotheses)
+    logger.info(
+        "Translated %d lines with %s in %.1f s (%.0f target tokens/s)",
+        len(lines), path, elapsed, tokens / max(elapsed, 1e-9),
+    )  # fmt: skip
