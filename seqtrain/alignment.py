@@ -1,4 +1,6 @@
-"""Parallel text + Pharaoh alignment files -> validated examples (ids and gold links), no TensorFlow.
+"""Parallel text + Pharaoh alignment files -> validated examples (ids and gold links).
+
+No TensorFlow here.
 
 Pharaoh lines hold pairs ``i-j``: source index i, target index j, 0-based, space separated; an
 empty line means "no links". Indices count the tokens the model sees, or with

@@ -306,9 +306,7 @@ def check(config: Config, origin: str = "<config>") -> None:
         ("eval.export_on_best", config.eval.export_on_best),
     ):
         if metric is not None and metric not in EVAL_METRICS:
-            raise SeqtrainError(
-                f"{origin}: {key} = '{metric}'; allowed: {', '.join(EVAL_METRICS)}"
-            )
+            raise SeqtrainError(f"{origin}: {key} = '{metric}'; allowed: {', '.join(EVAL_METRICS)}")
     if "aer" in (stopping.metric if stopping else None, config.eval.export_on_best):
         if not config.data.eval_alignments:
             raise SeqtrainError(f"{origin}: AER as a criterion needs data.eval_alignments (gold)")

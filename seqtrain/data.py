@@ -9,7 +9,7 @@ Batch contract (a dict of tensors; every other module reads batches through thes
 | target_in | int32 [B, T] | `<s> y_0 … y_(n-1)` then PAD |
 | target_out | int32 [B, T] | `y_0 … y_(n-1) </s>` then PAD |
 | target_length | int32 [B] | n + 1 (includes `</s>`) |
-| alignment | float32 [B, T, S] | only when alignments are configured. Binary gold: 1.0 at [b, t, s] iff a gold link (source s, target t) exists. Row t is target token y_t = target_out[t] (the decoder step that PREDICTS y_t, reading target_in[t]). Row n (the `</s>` step) and padded rows/cols are 0. |
+| alignment | float32 [B, T, S] | with alignments only: 1.0 at [b, t, s] iff gold link (s, t) |
 | index | int32 [B] | eval/inference batches only: 0-based line of the example in its file |
 
 The row offset: decoder step t reads target_in[t] (`<s>` when t = 0, else y_(t-1)) and predicts
@@ -475,7 +475,7 @@ def batch_from_examples(examples: Sequence[tuple]) -> dict:
     """
     with_links = any(links is not None for _, _, links in examples)
     corpus = EncodedCorpus.from_examples(
-        (_Item(i + 1, s, t, l) for i, (s, t, l) in enumerate(examples)), with_links
+        (_Item(i + 1, s, t, links) for i, (s, t, links) in enumerate(examples)), with_links
     )
     return _RaggedCorpus(corpus, with_alignment=True).batch(tf.range(len(corpus), dtype=tf.int64))
 

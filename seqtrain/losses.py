@@ -12,7 +12,7 @@ gradients summed over replicas and micro-batches are the gradient of the whole g
 
 import tensorflow as tf
 
-# Keras' CategoricalCrossentropy clips probabilities to [EPSILON, 1 - EPSILON]; so does the reference.
+# The reference clips attention probabilities to [EPSILON, 1 - EPSILON] (Keras' epsilon).
 EPSILON = 1e-7
 
 
@@ -25,7 +25,7 @@ def cross_entropy_sequence_loss(
       logits: [B, T, V] any float dtype (cast to float32 first: mixed-precision safe).
       labels: int [B, T] gold ids (padding positions may hold any valid id).
       sequence_length: int [B] real steps per sentence; None means all T steps are real.
-      label_smoothing: ε, applied only when ``training``: target 1-ε on the label, ε/(V-1) elsewhere.
+      label_smoothing: ε, only when ``training``: target 1-ε on the label, ε/(V-1) elsewhere.
       training: False gives the unsmoothed loss, normalized per token.
       average_in_time: normalize by tokens (True) or by sentences (False) when training.
 

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 _LINE = re.compile(
-    r"Step = (?P<step>\d+) ; steps/s = (?P<steps_per_sec>[\d.]+), tokens/s = (?P<tokens_per_sec>\d+)"
+    r"Step = (?P<step>\d+) ; steps/s = (?P<steps_per_sec>[\d.]+), "
+    r"tokens/s = (?P<tokens_per_sec>\d+)"
     r" \((?P<source_tokens_per_sec>\d+) source, (?P<target_tokens_per_sec>\d+) target\) ; "
     r"Learning rate = (?P<learning_rate>[\d.e+-]+) ; Loss = (?P<loss>[\d.e+-]+|nan|inf)"
     r"(?: ; CE = (?P<ce>[\d.e+-]+|nan|inf))?(?: ; Alignment = (?P<alignment>[\d.e+-]+|nan|inf))?"
@@ -32,7 +33,7 @@ _EVAL = re.compile(r"Evaluation at step (?P<step>\d+) ; (?P<rest>.*)")
 
 
 def format_train_line(record: dict) -> str:
-    """One log line from a record with step, steps_per_sec, token rates, lr, loss, ce[, alignment]."""
+    """The log line of a record (step, steps_per_sec, token rates, lr, loss, ce[, alignment])."""
     line = (
         f"Step = {record['step']} ; steps/s = {record['steps_per_sec']:.2f}, "
         f"tokens/s = {record['tokens_per_sec']:.0f} ({record['source_tokens_per_sec']:.0f} source, "

@@ -1,4 +1,4 @@
-"""The training step and loop: tf.distribute replicas, all-reduced sums, LazyAdam, logs, checkpoints.
+"""The training step and loop: replicas, all-reduced sums, LazyAdam, logs, checkpoints.
 
 One update (``Trainer._replica_step``), per replica:
   1. normalizers (tokens, sentences, aligned tokens) of all its micro-batches, all-reduced (SUM)

@@ -29,7 +29,9 @@ def make_corpus(directory, lines=240, seed=0):
                 order[k], order[k + 1] = order[k + 1], order[k]
             src.append(" ".join(words))
             tgt.append(" ".join(TARGET_WORDS[words[i]] for i in order))
-            align.append(" ".join(f"{i}-{j}" for j, i in sorted(enumerate(order), key=lambda x: x[1])))
+            align.append(
+                " ".join(f"{i}-{j}" for j, i in sorted(enumerate(order), key=lambda x: x[1]))
+            )
         for ext, content in (("src", src), ("tgt", tgt), ("align", align)):
             path = os.path.join(directory, f"{split}.{ext}")
             with open(path, "w", encoding="utf-8") as f:

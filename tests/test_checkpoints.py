@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
-
 from conftest import run_cli, tiny_config, write_config
+
 from seqtrain.checkpoints import average_into, build_model
 from seqtrain.config import load_config
 

@@ -5,7 +5,6 @@ import os
 import shutil
 
 import pytest
-
 from conftest import run_cli, tiny_config, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,8 +86,15 @@ def test_crlf_and_bom_are_accepted_the_same_way(corpus, tmp_path):
 
 def test_log_table_from_metrics_and_from_a_captured_log(tmp_path):
     records = [
-        {"kind": "train", "step": 100, "loss": 3.5, "ce": 3.25, "alignment": 1.5,
-         "learning_rate": 2.5e-4, "tokens_per_sec": 4000.0},
+        {
+            "kind": "train",
+            "step": 100,
+            "loss": 3.5,
+            "ce": 3.25,
+            "alignment": 1.5,
+            "learning_rate": 2.5e-4,
+            "tokens_per_sec": 4000.0,
+        },
         {"kind": "eval", "step": 100, "bleu": 12.5, "aer": 30.25},
     ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
@@ -96,7 +102,16 @@ def test_log_table_from_metrics_and_from_a_captured_log(tmp_path):
     assert proc.returncode == 0, proc.stderr
     header, row = proc.stdout.strip().splitlines()
     assert header.split() == ["step", "loss", "CE", "align", "lr", "tok/s", "dev_bleu", "dev_aer"]
-    assert row.split() == ["100", "3.5000", "3.2500", "1.5000", "2.50e-04", "4000", "12.5000", "30.2500"]
+    assert row.split() == [
+        "100",
+        "3.5000",
+        "3.2500",
+        "1.5000",
+        "2.50e-04",
+        "4000",
+        "12.5000",
+        "30.2500",
+    ]
     log = tmp_path / "train.log"
     log.write_text(
         "2024-01-01 12:00:00.000000: I runner.py:310] Step = 200 ; steps/s = 2.45, tokens/s = "
@@ -105,7 +120,12 @@ def test_log_table_from_metrics_and_from_a_captured_log(tmp_path):
     proc = run_cli("log", str(log))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[1].split() == [
-        "200", "3.3867", "-", "-", "2.50e-05", "40123"
+        "200",
+        "3.3867",
+        "-",
+        "-",
+        "2.50e-05",
+        "40123",
     ]
 
 
@@ -117,7 +137,9 @@ def test_log_of_a_missing_run_is_a_user_error(tmp_path):
 def test_aer_command(tmp_path):
     (tmp_path / "gold").write_text("0-0 1p1 2-2\n0-1\n")
     (tmp_path / "hyp").write_text("0-0 1-1 2-1\n0-1\n")
-    proc = run_cli("aer", "--reference", str(tmp_path / "gold"), "--hypothesis", str(tmp_path / "hyp"))
+    proc = run_cli(
+        "aer", "--reference", str(tmp_path / "gold"), "--hypothesis", str(tmp_path / "hyp")
+    )
     assert proc.returncode == 0, proc.stderr
     # A = 4 links; S = {0-0, 2-2, 0-1}: 2 hits; P = S + {1-1}: 3 hits -> AER = 1 - 5/7.
     assert proc.stdout.startswith("AER = 28.57 ; Precision = 75.00 ; Recall = 66.67")

@@ -36,7 +36,9 @@ def test_every_default_has_a_comment():
 
 def test_merge_left_to_right(tmp_path):
     a = write(tmp_path / "a.yml", "model_dir: run\ntrain: {batch_size: 100, seed: 7}\n")
-    b = write(tmp_path / "b.yml", "train: {batch_size: 200}\nparams: {optimizer_params: {beta_2: 0.99}}\n")
+    b = write(
+        tmp_path / "b.yml", "train: {batch_size: 200}\nparams: {optimizer_params: {beta_2: 0.99}}\n"
+    )
     config = cfg.load_config([a, b])
     assert config.model_dir == "run"
     assert config.train.batch_size == 200 and config.train.seed == 7
@@ -46,8 +48,10 @@ def test_merge_left_to_right(tmp_path):
 
 
 def test_ints_accepted_for_floats_and_lists_as_tuples(tmp_path):
-    p = write(tmp_path / "a.yml", "model_dir: r\nparams: {guided_alignment_weight: 1}\n"
-              "eval: {scorers: [bleu, chrf]}\n")
+    p = write(
+        tmp_path / "a.yml",
+        "model_dir: r\nparams: {guided_alignment_weight: 1}\n" "eval: {scorers: [bleu, chrf]}\n",
+    )
     config = cfg.load_config([p])
     assert config.params.guided_alignment_weight == 1.0
     assert config.eval.scorers == ("bleu", "chrf")
@@ -56,7 +60,10 @@ def test_ints_accepted_for_floats_and_lists_as_tuples(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("model_dir: r\nparams: {guided_alignment_typ: ce}\n", "Did you mean 'params.guided_alignment_type'"),
+        (
+            "model_dir: r\nparams: {guided_alignment_typ: ce}\n",
+            "Did you mean 'params.guided_alignment_type'",
+        ),
         ("model_dir: r\nparms: {}\n", "Did you mean 'params'"),
         ("model_dir: r\ntrain: {batch_size: -3}\n", "train.batch_size = -3 is too small"),
         ("model_dir: r\ntrain: {batch_size: big}\n", "train.batch_size must be an integer"),
@@ -84,7 +91,9 @@ def test_cross_field_checks(tmp_path):
 
 
 def test_missing_file_is_reported(tmp_path):
-    p = write(tmp_path / "a.yml", f"model_dir: {tmp_path}/run\ndata:\n  train_features_file: nope.txt\n")
+    p = write(
+        tmp_path / "a.yml", f"model_dir: {tmp_path}/run\ndata:\n  train_features_file: nope.txt\n"
+    )
     with pytest.raises(SeqtrainError, match="data.train_labels_file is required"):
         cfg.check_files(cfg.load_config([p]), "train")
 

@@ -52,6 +52,6 @@ def test_imports_only_go_up():
         if not os.path.exists(path):
             continue
         for imported in seqtrain_imports(path):
-            assert STAGE_OF[imported] < STAGE_OF[name], (
-                f"seqtrain/{name}.py imports seqtrain.{imported}, a later or same stage"
-            )
+            assert (
+                STAGE_OF[imported] < STAGE_OF[name]
+            ), f"seqtrain/{name}.py imports seqtrain.{imported}, a later or same stage"

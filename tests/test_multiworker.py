@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tiny_config, write_config
 
 LOSS = re.compile(r"Step = (\d+) ; .* Loss = (\d+\.\d+) ; CE = (\d+\.\d+)")

@@ -10,12 +10,11 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_cli, tiny_config, write_config
+
 from seqtrain import losses
-from seqtrain.config import ParamsConfig
+from seqtrain.config import ParamsConfig, TrainConfig
 from seqtrain.trainer import accumulation_steps
-from seqtrain.config import TrainConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOG_LINE = re.compile(
@@ -157,7 +156,9 @@ def test_divergence_stops_without_writing_nan_weights(corpus, tmp_path):
     run = tmp_path / "run"
     params = {"decay_type": None, "learning_rate": 1e30}
     train = {"save_checkpoints_steps": 1, "save_summary_steps": 1, "max_step": 50}
-    config = write_config(tmp_path / "run.yml", tiny_config(corpus, run, params=params, train=train))
+    config = write_config(
+        tmp_path / "run.yml", tiny_config(corpus, run, params=params, train=train)
+    )
     proc = run_cli("train", "--config", config)
     assert proc.returncode == 2
     message = proc.stderr.strip().splitlines()[-1]

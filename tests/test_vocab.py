@@ -1,4 +1,4 @@
-"""Vocabulary files, special tokens, vocabulary building and tokenizers (whitespace, SentencePiece)."""
+"""Vocabulary files, special tokens, vocabulary building, whitespace and SentencePiece."""
 
 import collections
 import hashlib

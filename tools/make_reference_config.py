@@ -83,7 +83,9 @@ def main() -> None:
         lines += ["", f"{section}:"]
         emit(cls, "  ", notes, lines)
         if cls is cfg.EvalConfig:
-            lines.append("  # early_stopping example: {metric: bleu, min_improvement: 0.2, steps: 4}")
+            lines.append(
+                "  # early_stopping example: {metric: bleu, min_improvement: 0.2, steps: 4}"
+            )
     path = os.path.join(ROOT, "config", "reference.yml")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
