@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%Y-%m-%d %H:%M:%S",
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ banner is noise for users
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. "Sharding callback duration"
+    for noisy in ("tensorflow", "absl"):  # e.g. "Sharding callback duration: 78 microseconds"
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         args.func(args)
     except SeqtrainError as e:

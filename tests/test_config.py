@@ -128,3 +128,18 @@ def test_cli_exit_2_one_line_nothing_written(tmp_path, text):
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert "bad.yml" in lines[0]
     assert not run.exists()
+
+
+@pytest.mark.parametrize("name", ["quickstart.yml", "transformer-base.yml", "reference.yml"])
+def test_shipped_configs_are_valid(name):
+    config = cfg.load_config([os.path.join(ROOT, "config", name)])
+    cfg.check(config)
+    if name == "transformer-base.yml":
+        assert (config.model.num_layers, config.model.num_units, config.model.num_heads) == (
+            6,
+            512,
+            8,
+        )
+        assert config.params.optimizer_params.beta_2 == 0.998
+        assert config.params.decay_params.warmup_steps == 8000
+        assert config.train.effective_batch_size == 25000
