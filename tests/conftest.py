@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 
+TOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "toy")
 SOURCE_WORDS = [f"s{i}" for i in range(24)]
 TARGET_WORDS = {w: f"t{i}" for i, w in enumerate(SOURCE_WORDS)}
 
@@ -44,6 +45,11 @@ def make_corpus(directory, lines=240, seed=0):
             f.write("\n".join(specials + list(words)) + "\n")
         paths[name] = path
     return paths
+
+
+def write_lines(path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
 
 
 def tiny_config(paths, model_dir, **sections):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import sacrebleu
 import tensorflow as tf
+from conftest import TOY, write_lines
 
 from seqtrain import aer, data, decoding, evaluate, losses, translate
 from seqtrain import config as cfg
@@ -18,14 +19,8 @@ from seqtrain.errors import SeqtrainError
 from seqtrain.export import restore_model
 from seqtrain.vocab import Vocab, build_vocab, read_text_lines
 
-TOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "toy")
 LINES = 12
 EOS = 2
-
-
-def write_lines(path, lines):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
 
 
 def make_run(root, lines=LINES, overrides=None):

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TOY, write_lines
 
 from seqtrain import config as cfg
 from seqtrain import decoding, translate
@@ -15,14 +16,8 @@ from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.vocab import build_vocab, read_text_lines
 
-TOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "toy")
 LINES = 12
 EOS = 2
-
-
-def write_lines(path, lines):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
 
 
 def read(path):
