@@ -50,12 +50,14 @@ class TrainSettings:
     shape: str = "small"
     guided_alignment: bool = True
     steps: int = 40  # optimizer updates
-    summary_steps: int = 10  # log period: throughput is measured per window
+    summary_steps: int = 1  # log period; 1: per-step losses comparable across both systems
+    skip_steps: int = 5  # first steps left out of the timing (tracing, first shapes)
     batch_size: int = 2048  # tokens, per step
     warmup_steps: int = 400  # Noam warm-up: short so that the loss moves in a short run
     beam_width: int = 4
     infer_batch_size: int = 32
     maximum_decoding_length: int = 100
+    minimum_decoding_length: int = 0  # OpenNMT-tf only: = maximum forces equal output lengths
 
 
 def prepare_data(data_dir: str, workdir: str, vocab_size: int = 8004) -> Data:
@@ -106,7 +108,7 @@ class RunResult:
     peak_rss_mb: float  # ru_maxrss of the process (VmHWM at exit), MiB
     cpu_s: float  # user + system CPU seconds of the whole process
     log_path: str
-    marks: list  # (step, wall seconds since start, process CPU seconds) when a log line appeared
+    marks: list  # (step, wall s since start, process CPU s, VmRSS MiB) when a log line appeared
 
     def tail(self, lines: int = 15) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
@@ -115,6 +117,18 @@ class RunResult:
 
 STEP_MARK = re.compile(r"Step = (\d+) ;")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_mb(pid: int) -> float | None:
+    """Current resident set (VmRSS) of a live process, MiB."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -128,7 +142,7 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 class _LogWatcher:
-    """Notes (step, wall, CPU) each time a ``Step = N ;`` line lands in the log (0.1 s polls):
+    """Notes (step, wall, CPU, RSS) each time a ``Step = N ;`` line lands in the log (0.1 s polls):
     CPU seconds per step stay meaningful when other jobs share the cores and wall time does not.
     """
 
@@ -147,8 +161,9 @@ class _LogWatcher:
         for line in lines:
             match = STEP_MARK.search(line)
             if match:
-                cpu = process_cpu_seconds(self.pid)
-                self.marks.append((int(match.group(1)), time.monotonic() - self.start, cpu))
+                step, now = int(match.group(1)), time.monotonic() - self.start
+                cpu, rss = process_cpu_seconds(self.pid), process_rss_mb(self.pid)
+                self.marks.append((step, now, cpu, rss))
 
 
 def run_measured(cmd, log_path: str, cwd=None, env=None, timeout: float | None = None):
@@ -228,41 +243,56 @@ def read_metrics_jsonl(path: str) -> list[dict]:
     return [r for r in records if r.get("kind") == "train"]
 
 
-def summarize_windows(records: list[dict], warmup_steps: int) -> dict:
-    """Median throughput over the log windows after ``warmup_steps`` (tracing, first shapes)."""
-    timed = [r for r in records if r["step"] > warmup_steps]
+def summarize_windows(records: list[dict], skip_steps: int, loss_steps: int = 5) -> dict:
+    """Throughput of the log windows after step ``skip_steps`` (tracing, first shapes), and the
+    loss of the last ``loss_steps`` steps.
+
+    Rates are totals over those windows (Σ target tokens / Σ seconds, each window's seconds =
+    its steps / its steps/s), not a median of per-window ratios. The loss is the mean of the
+    logged losses of windows ending in the last ``loss_steps`` steps: log every step
+    (summary_steps 1) to compare systems, because OpenNMT-tf logs the loss of the window's LAST
+    step while seqtrain logs the mean over the window (on a falling curve the mean lags).
+    """
+    timed, previous = [], 0
+    for record in records:
+        steps = record["step"] - previous
+        previous = record["step"]
+        if record["step"] > skip_steps and record["steps_per_sec"] > 0:
+            timed.append((steps, steps / record["steps_per_sec"], record))
     if not timed:
         return {"windows": 0}
+    seconds = sum(t[1] for t in timed)
+    last = records[-1]["step"]
+    tail = [r["loss"] for r in records if r["step"] > last - loss_steps]
     return {
         "windows": len(timed),
-        "target_tokens_per_sec": statistics.median(r["target_tokens_per_sec"] for r in timed),
-        "source_tokens_per_sec": statistics.median(r["source_tokens_per_sec"] for r in timed),
-        "steps_per_sec": statistics.median(r["steps_per_sec"] for r in timed),
-        "loss": records[-1]["loss"],
-        "last_step": records[-1]["step"],
+        "timed_steps": sum(t[0] for t in timed),
+        "target_tokens_per_sec": sum(r["target_tokens_per_sec"] * s for _, s, r in timed) / seconds,
+        "source_tokens_per_sec": sum(r["source_tokens_per_sec"] * s for _, s, r in timed) / seconds,
+        "steps_per_sec": sum(t[0] for t in timed) / seconds,
+        "loss": sum(tail) / len(tail),
+        "last_step": last,
     }
 
 
-def summarize_run(result: RunResult, records: list[dict], warmup_steps: int) -> dict:
-    """Throughput (the tool's own log windows), CPU seconds per step (our /proc marks), peak RSS.
+def summarize_run(result: RunResult, records: list[dict], skip_steps: int) -> dict:
+    """Throughput (the tool's own log), CPU seconds per step (our /proc marks), peak RSS.
 
     ``target_tokens_per_cpu_s`` = target tokens per step / CPU seconds per step: less sensitive
     than wall-clock rates to other jobs on the machine (it still moves with cache and memory
     bandwidth contention, and with threads that spin while they wait).
     """
-    summary = summarize_windows(records, warmup_steps)
-    timed = [r for r in records if r["step"] > warmup_steps and r["steps_per_sec"] > 0]
-    per_step = (
-        statistics.median(r["target_tokens_per_sec"] / r["steps_per_sec"] for r in timed)
-        if timed
-        else None
-    )
-    cpu = cpu_per_step(result.marks, warmup_steps)
+    summary = summarize_windows(records, skip_steps)
+    per_step = None
+    if summary.get("steps_per_sec"):
+        per_step = summary["target_tokens_per_sec"] / summary["steps_per_sec"]
+    cpu = cpu_per_step(result.marks, skip_steps)
     summary.update(
         target_tokens_per_step=per_step,
         cpu_s_per_step=cpu,
         target_tokens_per_cpu_s=per_step / cpu if per_step and cpu else None,
         peak_rss_mb=result.peak_rss_mb,
+        rss_mb_at_steps=[(m[0], m[3]) for m in result.marks],
         wall_s=result.wall_s,
         cpu_s=result.cpu_s,
         log=result.log_path,
@@ -277,7 +307,13 @@ def spread(values: list[float]) -> dict:
         return {"median": None, "min": None, "max": None, "n": 0, "rel_spread": None}
     med = statistics.median(values)
     rel = (max(values) - min(values)) / (2 * med) if med else None
-    return {"median": med, "min": min(values), "max": max(values), "n": len(values), "rel_spread": rel}
+    return {
+        "median": med,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "rel_spread": rel,
+    }
 
 
 # ---------------------------------------------------------------- the FLOP model

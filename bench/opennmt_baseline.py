@@ -26,7 +26,7 @@ import sys
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchlib  # noqa: E402
+import benchlib
 
 PACKAGES = ["tensorflow-cpu==2.13.1", "tensorflow-addons==0.21.0", "opennmt-tf==2.32.0"]
 DEFAULT_VENV = os.path.join(benchlib.DEFAULT_WORKDIR, "onmt-venv")
@@ -87,6 +87,7 @@ def config_dict(model_dir: str, data: benchlib.Data, s: benchlib.TrainSettings) 
         "beam_width": s.beam_width,
         "length_penalty": 0.6,
         "maximum_decoding_length": s.maximum_decoding_length,
+        "minimum_decoding_length": s.minimum_decoding_length,
     }
     if s.guided_alignment:
         data_section["train_alignments"] = data.train_alignments
@@ -135,7 +136,7 @@ def train(onmt_main: str, run: dict, s: benchlib.TrainSettings, timeout=None) ->
     benchlib.check(result, "OpenNMT-tf training")
     with open(log, encoding="utf-8", errors="replace") as f:
         records = benchlib.parse_log_lines(f.read())
-    return benchlib.summarize_run(result, records, warmup_steps=s.summary_steps)
+    return benchlib.summarize_run(result, records, skip_steps=s.skip_steps)
 
 
 def translate(onmt_main: str, run: dict, features: str, predictions: str, timeout=None):
@@ -152,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(benchlib.SHAPES), default="small")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--summary-steps", type=int, default=10)
+    parser.add_argument("--skip-steps", type=int, default=5, help="left out of the timing")
     parser.add_argument("--no-ga", action="store_true", help="without guided alignment")
     parser.add_argument("--data", default=benchlib.DEFAULT_DATA)
     parser.add_argument("--workdir", default=benchlib.DEFAULT_WORKDIR)
@@ -166,7 +167,7 @@ def main() -> None:
         shape=args.shape,
         guided_alignment=not args.no_ga,
         steps=args.steps,
-        summary_steps=args.summary_steps,
+        skip_steps=args.skip_steps,
     )
     run = prepare_run(os.path.join(args.workdir, "runs", "onmt-single"), data, settings)
     result = train(onmt_main, run, settings)

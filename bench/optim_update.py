@@ -55,7 +55,8 @@ def main():
     print(f"dense Adam (ResourceApplyAdam, dense gradient given): {dense_ms:.2f} ms")
     print(f"Adam lazy=False (IndexedSlices densified + ResourceApplyAdam): {densified_ms:.2f} ms")
     print(
-        f"ratio dense/lazy = {dense_ms / lazy_ms:.1f}x; densified/lazy = {densified_ms / lazy_ms:.1f}x"
+        f"ratio dense/lazy = {dense_ms / lazy_ms:.1f}x; "
+        f"densified/lazy = {densified_ms / lazy_ms:.1f}x"
     )
 
 

@@ -25,7 +25,7 @@ import sys
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchlib  # noqa: E402
+import benchlib
 
 QUICKSTART = os.path.join(benchlib.REPO, "config", "quickstart.yml")
 
@@ -133,14 +133,14 @@ def seqtrain_command(*args) -> list:
     return [benchlib.SEQTRAIN_PYTHON, "-m", "seqtrain.cli", *args]
 
 
-def train(run: dict, s: benchlib.TrainSettings, timeout=None) -> dict:
-    """One ``seqtrain train``; throughput from metrics.jsonl windows after the first one."""
+def train(run: dict, s: benchlib.TrainSettings, timeout=None, env=None) -> dict:
+    """One ``seqtrain train``; throughput from metrics.jsonl after ``s.skip_steps``."""
     cmd = seqtrain_command("train", "--config", *run["configs"])
     log = os.path.join(run["run_dir"], "train.log")
-    result = benchlib.run_measured(cmd, log, cwd=benchlib.REPO, timeout=timeout)
+    result = benchlib.run_measured(cmd, log, cwd=benchlib.REPO, env=env, timeout=timeout)
     benchlib.check(result, "seqtrain training")
     records = benchlib.read_metrics_jsonl(os.path.join(run["model_dir"], "metrics.jsonl"))
-    summary = benchlib.summarize_run(result, records, warmup_steps=s.summary_steps)
+    summary = benchlib.summarize_run(result, records, skip_steps=s.skip_steps)
     if records and "alignment" in records[-1]:
         summary["alignment"] = records[-1]["alignment"]
     return summary
@@ -158,8 +158,24 @@ def translate(run: dict, features: str, predictions: str, timeout=None):
 def settings_for(case: str, ga: bool, args) -> benchlib.TrainSettings:
     shape = "small" if case == "quickstart" else case
     return benchlib.TrainSettings(
-        shape=shape, guided_alignment=ga, steps=args.steps, summary_steps=args.summary_steps
+        shape=shape, guided_alignment=ga, steps=args.steps, skip_steps=args.skip_steps
     )
+
+
+def configurations(args, overrides: dict) -> list[tuple[str, bool, dict, dict]]:
+    """(label, guided alignment, seqtrain overrides, environment) of each configuration.
+
+    A variant's ``env:NAME=VALUE`` items set environment variables of its process (e.g.
+    ``env:MALLOC_ARENA_MAX=2``); the other items are config overrides.
+    """
+    configs = [("GA on", True, overrides, {})]
+    if not args.variant or args.with_ga_off:
+        configs.append(("GA off", False, overrides, {}))
+    for name, *items in args.variant or []:
+        env = dict(i[4:].split("=", 1) for i in items if i.startswith("env:"))
+        keys = [i for i in items if not i.startswith("env:")]
+        configs.append((name, True, merge(overrides, parse_overrides(keys)), env))
+    return configs
 
 
 def main() -> None:
@@ -167,46 +183,53 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["quickstart", "mid"],
                         choices=["quickstart", "small", "mid"])  # fmt: skip
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--summary-steps", type=int, default=10)
+    parser.add_argument("--skip-steps", type=int, default=5, help="left out of the timing")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME KEY=VALUE",
+                        help="a candidate (GA on) alternated with the baseline, e.g. "
+                        "--variant bf16 train.mixed_precision=true")  # fmt: skip
+    parser.add_argument("--with-ga-off", action="store_true", help="GA off too with --variant")
     parser.add_argument("--data", default=benchlib.DEFAULT_DATA)
     parser.add_argument("--workdir", default=benchlib.DEFAULT_WORKDIR)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     data = benchlib.prepare_data(args.data, args.workdir)
     overrides = parse_overrides(args.set)
+    configs = configurations(args, overrides)
     results = {}
     for case in args.cases:
-        runs = {True: [], False: []}
+        runs = {label: [] for label, *_ in configs}
         for index in range(args.rounds):
-            order = (True, False) if index % 2 == 0 else (False, True)
-            for ga in order:
+            shift = index % len(configs)  # rotate the order: drift hits every configuration
+            for label, ga, extra, env in configs[shift:] + configs[:shift]:
                 s = settings_for(case, ga, args)
-                run_dir = os.path.join(args.workdir, "runs", f"seqtrain-{case}-ga{int(ga)}")
-                run = prepare_run(run_dir, data, s, overrides, case)
-                runs[ga].append(train(run, s))
-                print(f"{case} ga={ga} round {index}: {_short(runs[ga][-1])}", flush=True)
-        results[case] = {f"ga_{'on' if ga else 'off'}": _aggregate(runs[ga]) for ga in runs}
-        on, off = results[case]["ga_on"], results[case]["ga_off"]
-        # GA overhead: step time with guided alignment / without - 1.
-        results[case]["ga_overhead"] = on["step_time_s"]["median"] / off["step_time_s"]["median"] - 1
+                slug = "".join(c if c.isalnum() else "-" for c in label)
+                run_dir = os.path.join(args.workdir, "runs", f"seqtrain-{case}-{slug}")
+                run = prepare_run(run_dir, data, s, extra, case)
+                runs[label].append(train(run, s, env=env))
+                print(f"{case} {label} round {index + 1}: {short(runs[label][-1])}", flush=True)
+        results[case] = {label: aggregate(runs[label]) for label in runs}
     print(format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"overrides": overrides, "results": results}, f, indent=2)
+            json.dump({"configurations": configs, "results": results}, f, indent=2)
 
 
-def _short(r: dict) -> str:
+def short(r: dict) -> str:
     return (
         f"{r.get('target_tokens_per_sec', 0):.0f} tgt tok/s, {r.get('steps_per_sec', 0):.3f} "
         f"steps/s, loss {r.get('loss', float('nan')):.3f}, {r['peak_rss_mb']:.0f} MiB"
     )
 
 
-def _aggregate(runs: list[dict]) -> dict:
+def aggregate(runs: list[dict]) -> dict:
     """Per-run medians -> median/min/max over runs."""
     return {
+        "cpu_s_per_step": benchlib.spread([r.get("cpu_s_per_step") for r in runs]),
+        "target_tokens_per_cpu_s": benchlib.spread(
+            [r.get("target_tokens_per_cpu_s") for r in runs]
+        ),
         "target_tokens_per_sec": benchlib.spread([r.get("target_tokens_per_sec") for r in runs]),
         "step_time_s": benchlib.spread(
             [1.0 / r["steps_per_sec"] for r in runs if r.get("steps_per_sec")]
@@ -218,20 +241,34 @@ def _aggregate(runs: list[dict]) -> dict:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'case':<11}{'GA':<5}{'tgt tok/s':>10}{'±':>6}{'step s':>9}{'RSS MiB':>9}"
-             f"{'loss':>8}"]  # fmt: skip
+    """One row per configuration; ratios against the first one (the GA-on baseline)."""
+    header = (
+        f"{'case':<11}{'config':<14}{'tgt tok/s':>10}{'±':>5}{'step s':>8}{'CPU s/step':>11}"
+        f"{'RSS MiB':>9}{'loss':>8}{'  vs first: tok/s, CPU/step':<30}"
+    )
+    lines = [header]
     for case, result in results.items():
-        for key in ("ga_on", "ga_off"):
-            r = result[key]
-            tok = r["target_tokens_per_sec"]
+        base = next(iter(result.values()))
+        for label, r in result.items():
+            tok, cpu = r["target_tokens_per_sec"], r["cpu_s_per_step"]
+            ratio = _ratio(tok, base["target_tokens_per_sec"])
+            cpu_ratio = _ratio(cpu, base["cpu_s_per_step"])
+            rel = 100 * tok["rel_spread"] if tok["rel_spread"] is not None else 0.0
             lines.append(
-                f"{case:<11}{key[3:]:<5}{tok['median']:>10.0f}{100 * tok['rel_spread']:>5.0f}%"
-                f"{r['step_time_s']['median']:>9.3f}{r['peak_rss_mb']['median']:>9.0f}"
-                f"{r['loss']['median']:>8.3f}"
+                f"{case:<11}{label:<14}{_num(tok['median'], '.0f', 10)}{rel:>4.0f}%"
+                f"{_num(r['step_time_s']['median'], '.3f', 8)}{_num(cpu['median'], '.2f', 11)}"
+                f"{_num(r['peak_rss_mb']['median'], '.0f', 9)}{_num(r['loss']['median'], '.3f', 8)}"
+                f"  ×{_num(ratio, '.3f', 0)}, ×{_num(cpu_ratio, '.3f', 0)}"
             )
-        overhead = 100 * result["ga_overhead"]
-        lines.append(f"{case:<11}GA overhead (step time on/off - 1): {overhead:+.1f}%")
     return "\n".join(lines)
+
+
+def _ratio(a: dict, b: dict):
+    return a["median"] / b["median"] if a["median"] and b["median"] else None
+
+
+def _num(value, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}}"
 
 
 if __name__ == "__main__":

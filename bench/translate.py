@@ -121,7 +121,8 @@ def main():
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     print(
-        f"TensorFlow {tf.__version__}, devices: {[d.name for d in tf.config.list_logical_devices()]}"
+        f"TensorFlow {tf.__version__}, "
+        f"devices: {[d.name for d in tf.config.list_logical_devices()]}"
     )
     for name in args.corpus:
         config, source, reference = train_model(name, args.work, args.steps, args.shape)

@@ -1,0 +1,363 @@
+"""seqtrain vs OpenNMT-tf 2.32: training and beam-4 decoding on onmt-toy-ende, one table.
+
+For each model shape (small: 2+2 layers d256 4 heads FFN 1024; mid: 3+3 d512 8 heads FFN 2048),
+both systems train the same configuration (8k word vocabularies built once with
+``seqtrain build-vocab``, 2048-token batches, label smoothing 0.1, LazyAdam, Noam, guided
+alignment CE on train.en-de.align) in separate processes, alternating (each round permutes the
+order of the four runs: seqtrain/OpenNMT-tf × guided alignment on/off). Per run: median target
+tokens/s over the log windows after the first (warm-up: tracing, first shapes), step time,
+CPU seconds per step (/proc, less sensitive to other jobs), peak RSS (wait4), the loss after
+N steps. Across runs: median (min–max). Then beam-4 decoding of the first test sentences with
+each system's last small GA checkpoint, every output forced to the same length (the models are
+barely trained; OpenNMT-tf gets minimum_decoding_length = maximum, seqtrain's untrained model
+does not stop early — checked and reported), timed as wall(N sentences) - wall(1 sentence) so
+start-up and tracing cancel. A roofline line relates achieved model FLOP/s to the measured
+float32 matmul peak (bench/roofline.py).
+
+    python bench/compare.py --quick            # < ~15 min on a quiet 2-core machine
+    python bench/compare.py [--rounds 3] [--steps 60] [--shapes small mid] [--json out.json]
+        [--seqtrain-set train.jit_compile=true]  # measure a candidate seqtrain setting
+
+Output: the table on stdout, everything (every run) in ``--json`` (default
+WORKDIR/compare-<time>.json). Work files (vocabularies, configs, runs) live in
+``--workdir`` (default ~/.cache/seqtrain-bench), never in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib
+import opennmt_baseline as onmt
+import roofline
+import train as st
+
+SYSTEMS = ("seqtrain", "opennmt")
+NAMES = {"seqtrain": "seqtrain", "opennmt": "OpenNMT-tf"}
+# (rounds, steps, steps left out of the timing) per shape; decoding sentences and length.
+QUICK = {"small": (2, 30, 5), "mid": (1, 15, 5), "decode_sentences": 200, "decode_length": 40}
+FULL = {"small": (3, 60, 10), "mid": (3, 30, 5), "decode_sentences": 500, "decode_length": 80}
+
+
+def run_plan(rounds: int) -> list[list[tuple[str, bool]]]:
+    """Per round, the 4 (system, guided alignment) runs in a different order (drift cancels)."""
+    base = [("seqtrain", True), ("opennmt", True), ("seqtrain", False), ("opennmt", False)]
+    orders = [base, base[::-1], base[1::2] + base[0::2], base[0::2][::-1] + base[1::2][::-1]]
+    return [orders[i % len(orders)] for i in range(rounds)]
+
+
+def train_once(system, shape, ga, steps, skip, args, data, onmt_main, overrides) -> dict:
+    settings = benchlib.TrainSettings(
+        shape=shape, guided_alignment=ga, steps=steps, summary_steps=1, skip_steps=skip
+    )
+    run_dir = os.path.join(args.workdir, "runs", f"cmp-{system}-{shape}-ga{int(ga)}")
+    if system == "seqtrain":
+        run = st.prepare_run(run_dir, data, settings, overrides)
+        return st.train(run, settings, timeout=args.timeout)
+    run = onmt.prepare_run(run_dir, data, settings)
+    return onmt.train(onmt_main, run, settings, timeout=args.timeout)
+
+
+def benchmark_shape(shape, rounds, steps, skip, args, data, onmt_main, overrides) -> dict:
+    runs = {(system, ga): [] for system in SYSTEMS for ga in (True, False)}
+    for index, order in enumerate(run_plan(rounds)):
+        for system, ga in order:
+            if not ga and shape not in args.ga_off_shapes:
+                continue
+            result = train_once(system, shape, ga, steps, skip, args, data, onmt_main, overrides)
+            runs[(system, ga)].append(result)
+            log(f"{shape} {NAMES[system]} GA {'on' if ga else 'off'} round {index + 1}: "
+                f"{st.short(result)}")  # fmt: skip
+    table = {}
+    for (system, ga), results in runs.items():
+        if results:
+            table[f"{system}/ga_{'on' if ga else 'off'}"] = aggregate(results)
+    return table
+
+
+def aggregate(results: list[dict]) -> dict:
+    return st.aggregate(results)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def count_tokens(path: str) -> tuple[int, int]:
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    return len(lines), sum(len(line.split()) for line in lines)
+
+
+def decode_benchmark(args, data, onmt_main, sentences: int, length: int, rounds: int) -> dict:
+    """Beam-4 decoding of the first ``sentences`` test lines by both systems' small GA models."""
+    work = benchlib.fresh_dir(os.path.join(args.workdir, "runs", "cmp-decode"))
+    one = benchlib.head_file(data.test_source, os.path.join(work, "test1.en"), 1)
+    many = benchlib.head_file(data.test_source, os.path.join(work, "testN.en"), sentences)
+    runs = {}
+    for system in SYSTEMS:
+        run_dir = os.path.join(args.workdir, "runs", f"cmp-{system}-small-ga1")
+        if system == "seqtrain":
+            # Rewrite the config with the decoding length (the checkpoint stays).
+            configs = [os.path.join(run_dir, "config.yml")]
+            _set_decoding_length(configs[0], length, seqtrain=True)
+            runs[system] = {"run_dir": run_dir, "configs": configs}
+        else:
+            _set_decoding_length(os.path.join(run_dir, "config.yml"), length, seqtrain=False)
+            runs[system] = {
+                "run_dir": run_dir,
+                "config": os.path.join(run_dir, "config.yml"),
+                "model": os.path.join(run_dir, "model.py"),
+            }
+    timings = {system: {"one": [], "many": [], "rss": []} for system in SYSTEMS}
+    tokens = {}
+    for index in range(rounds):
+        for system in SYSTEMS if index % 2 == 0 else SYSTEMS[::-1]:
+            for kind, features in (("one", one), ("many", many)):
+                out = os.path.join(work, f"{system}.{kind}.out")
+                if system == "seqtrain":
+                    result = st.translate(runs[system], features, out, timeout=args.timeout)
+                else:
+                    result = onmt.translate(
+                        onmt_main, runs[system], features, out, timeout=args.timeout
+                    )
+                timings[system][kind].append(result.wall_s)
+                timings[system]["rss"].append(result.peak_rss_mb)
+                if kind == "many":
+                    tokens[system] = count_tokens(out)
+            one_s, many_s = timings[system]["one"][-1], timings[system]["many"][-1]
+            log(
+                f"decode {NAMES[system]} round {index + 1}: 1 sentence {one_s:.1f} s, "
+                f"{sentences} sentences {many_s:.1f} s, output tokens {tokens[system][1]}"
+            )
+    report = {}
+    for system in SYSTEMS:
+        lines, count = tokens[system]
+        deltas = [m - o for m, o in zip(timings[system]["many"], timings[system]["one"])]
+        rates = [count / d for d in deltas if d > 0]
+        report[system] = {
+            "sentences": lines,
+            "output_tokens": count,
+            "mean_output_length": count / max(lines, 1),
+            "target_tokens_per_sec": benchlib.spread(rates),
+            "decode_s": benchlib.spread(deltas),
+            "startup_s": benchlib.spread(timings[system]["one"]),
+            "peak_rss_mb": benchlib.spread(timings[system]["rss"]),
+        }
+    return report
+
+
+def _set_decoding_length(config_path: str, length: int, seqtrain: bool) -> None:
+    import yaml
+
+    with open(config_path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    config["params"]["maximum_decoding_length"] = length
+    config["params"]["beam_width"] = 4
+    if not seqtrain:
+        config["params"]["minimum_decoding_length"] = length
+    with open(config_path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+
+
+# ---------------------------------------------------------------- report
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _median(entry: dict, key: str):
+    value = entry.get(key, {})
+    return value.get("median") if isinstance(value, dict) else None
+
+
+def _fmt(value, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}}"
+
+
+def format_report(result: dict) -> str:
+    peak = result["roofline"]["peak"]["peak_gflops"]
+    title = (
+        "seqtrain vs OpenNMT-tf 2.32 — onmt-toy-ende En→De, 8k word vocabs, 2048-token batches; "
+        f"{result['machine']}"
+    )
+    header = (
+        f"{'shape':<6}{'GA':<4}{'system':<11}{'tgt tok/s':>10}{'(min–max)':>13}{'step s':>8}"
+        f"{'CPU s/step':>11}{'tok/CPU-s':>10}{'RSS MiB':>9}{'loss@N':>8}{'GFLOP/s':>8}{'%peak':>6}"
+    )
+    lines = [title, header]
+    for shape, table in result["training"].items():
+        flops = result["roofline"]["model"][shape]["train_flops_per_target_token"]["total"]
+        for ga in ("on", "off"):
+            for system in SYSTEMS:
+                entry = table.get(f"{system}/ga_{ga}")
+                if entry:
+                    lines.append(_row(shape, ga, system, entry, flops, peak))
+            lines += _ratio_rows(shape, ga, table)
+        lines += _overhead_rows(shape, table)
+    lines += _decode_rows(result.get("decoding"))
+    p = result["roofline"]["peak"]
+    lines.append(
+        f"roofline: float32 matmul {p['matmul_size']}³ numpy {p['numpy_gflops']:.0f}, tf.matmul "
+        f"{p['tensorflow_gflops']:.0f} GFLOP/s -> peak {peak:.0f}; model FLOPs = 6 × matmul "
+        "MACs + attention on real tokens (bench/roofline.py)"
+    )
+    lines.append(f"noise: (min–max) over runs; {result['noise_note']}")
+    return "\n".join(lines)
+
+
+def _row(shape, ga, system, entry, flops, peak) -> str:
+    tok = entry["target_tokens_per_sec"]
+    gflops = roofline.achieved(tok["median"], flops, peak)
+    span = f"({tok['min']:.0f}–{tok['max']:.0f})" if tok["n"] > 1 else ""
+    return (
+        f"{shape:<6}{ga:<4}{NAMES[system]:<11}{_fmt(tok['median'], '.0f', 10)}{span:>13}"
+        f"{_fmt(_median(entry, 'step_time_s'), '.3f', 8)}"
+        f"{_fmt(_median(entry, 'cpu_s_per_step'), '.2f', 11)}"
+        f"{_fmt(_median(entry, 'target_tokens_per_cpu_s'), '.0f', 10)}"
+        f"{_fmt(_median(entry, 'peak_rss_mb'), '.0f', 9)}{_fmt(_median(entry, 'loss'), '.3f', 8)}"
+        f"{_fmt(gflops['gflops'], '.1f', 8)}{_fmt(gflops['percent_of_peak'], '.0f', 5)}%"
+    )
+
+
+def _ratio_rows(shape, ga, table) -> list[str]:
+    a, b = table.get(f"seqtrain/ga_{ga}"), table.get(f"opennmt/ga_{ga}")
+    if not (a and b and _median(a, "target_tokens_per_sec") and _median(b, "loss")):
+        return []
+    ratio = _median(a, "target_tokens_per_sec") / _median(b, "target_tokens_per_sec")
+    cpu = _median(a, "target_tokens_per_cpu_s"), _median(b, "target_tokens_per_cpu_s")
+    cpu_ratio = cpu[0] / cpu[1] if all(cpu) else None
+    rss = _median(a, "peak_rss_mb") / _median(b, "peak_rss_mb")
+    loss = _median(a, "loss") - _median(b, "loss")
+    row = (
+        f"{shape:<6}{ga:<4}{'ratio':<11}seqtrain/OpenNMT-tf: tokens/s ×{ratio:.2f} (goal ≥ 1.5), "
+        f"tokens per CPU-s ×{_fmt(cpu_ratio, '.2f', 0)}, peak RSS ×{rss:.2f} (goal ≤ 1), "
+        f"loss difference {loss:+.3f}"
+    )
+    return [row]
+
+
+def _overhead_rows(shape, table) -> list[str]:
+    parts = []
+    for system in SYSTEMS:
+        on, off = table.get(f"{system}/ga_on"), table.get(f"{system}/ga_off")
+        if on and off and _median(on, "step_time_s") and _median(off, "step_time_s"):
+            wall = _median(on, "step_time_s") / _median(off, "step_time_s") - 1
+            cpu_on, cpu_off = _median(on, "cpu_s_per_step"), _median(off, "cpu_s_per_step")
+            cpu = f", CPU/step {100 * (cpu_on / cpu_off - 1):+.1f}%" if cpu_on and cpu_off else ""
+            parts.append(f"{NAMES[system]} step time {100 * wall:+.1f}%{cpu}")
+    return (
+        [f"{shape:<6}GA overhead (on vs off): " + "; ".join(parts) + " (goal ≤ 3 %)"]
+        if parts
+        else []
+    )
+
+
+def _decode_rows(decoding) -> list[str]:
+    if not decoding:
+        return []
+    rows = []
+    for system in SYSTEMS:
+        d = decoding[system]
+        tok = d["target_tokens_per_sec"]
+        rows.append(
+            f"decode beam 4, {d['sentences']} sentences, {NAMES[system]}: "
+            f"{_fmt(tok['median'], '.0f', 0)} target tok/s (min {_fmt(tok['min'], '.0f', 0)}, "
+            f"max {_fmt(tok['max'], '.0f', 0)}), mean output length "
+            f"{d['mean_output_length']:.1f}, start-up {d['startup_s']['median']:.1f} s, "
+            f"peak RSS {d['peak_rss_mb']['median']:.0f} MiB"
+        )
+    a = decoding["seqtrain"]["target_tokens_per_sec"]["median"]
+    b = decoding["opennmt"]["target_tokens_per_sec"]["median"]
+    if a and b:
+        rows.append(f"decode ratio seqtrain/OpenNMT-tf: ×{a / b:.2f} (goal ≥ 2)")
+    la, lb = (decoding[s]["mean_output_length"] for s in SYSTEMS)
+    if abs(la - lb) > 0.1 * max(la, lb):
+        rows.append(f"WARNING: output lengths differ ({la:.1f} vs {lb:.1f}): unequal work")
+    return rows
+
+
+def machine_description() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            model = next(names, "")
+    except OSError:
+        pass
+    load = os.getloadavg()[0]
+    return f"{os.cpu_count()} cores {model}, Python {platform.python_version()}, load {load:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (< ~15 min)")
+    parser.add_argument("--shapes", nargs="+", default=["small", "mid"], choices=["small", "mid"])
+    parser.add_argument("--ga-off-shapes", nargs="*", default=None,
+                        help="shapes also run without guided alignment (default: all)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, help="rounds per shape (default: mode's)")
+    parser.add_argument("--steps", type=int, help="training steps per run (default: mode's)")
+    parser.add_argument("--decode-sentences", type=int)
+    parser.add_argument("--decode-rounds", type=int, default=None)
+    parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument("--seqtrain-set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--data", default=benchlib.DEFAULT_DATA)
+    parser.add_argument("--workdir", default=benchlib.DEFAULT_WORKDIR)
+    parser.add_argument("--venv", default=onmt.DEFAULT_VENV)
+    parser.add_argument("--timeout", type=float, default=1800, help="per process, seconds")
+    parser.add_argument("--json", help="default: WORKDIR/compare-<date-time>.json")
+    args = parser.parse_args()
+    mode = QUICK if args.quick else FULL
+    if args.ga_off_shapes is None:
+        args.ga_off_shapes = args.shapes
+    start = time.monotonic()
+    onmt_main = onmt.ensure_venv(args.venv)
+    data = benchlib.prepare_data(args.data, args.workdir)
+    overrides = st.parse_overrides(args.seqtrain_set)
+    result = {"machine": machine_description(), "mode": "quick" if args.quick else "full"}
+    result["seqtrain_overrides"] = overrides
+    result["roofline"] = measure_roofline(args)
+    result["training"] = {}
+    for shape in args.shapes:
+        rounds, steps, skip = mode[shape]
+        rounds, steps = args.rounds or rounds, args.steps or steps
+        result["training"][shape] = benchmark_shape(
+            shape, rounds, steps, skip, args, data, onmt_main, overrides
+        )
+    if not args.no_decode and "small" in args.shapes:
+        sentences = args.decode_sentences or mode["decode_sentences"]
+        rounds = args.decode_rounds or (1 if args.quick else 2)
+        result["decoding"] = decode_benchmark(
+            args, data, onmt_main, sentences, mode["decode_length"], rounds
+        )
+    result["elapsed_s"] = time.monotonic() - start
+    result["noise_note"] = (
+        f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+        f"total {result['elapsed_s'] / 60:.1f} min"
+    )
+    text = format_report(result)
+    print(text)
+    path = args.json or os.path.join(args.workdir, f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({**result, "table": text}, f, indent=2)
+    log(f"JSON: {path}")
+
+
+def measure_roofline(args) -> dict:
+    """Matmul peak in a separate process (this one stays free of TensorFlow), FLOP model here."""
+    out = os.path.join(args.workdir, "roofline.json")
+    cmd = [benchlib.SEQTRAIN_PYTHON, os.path.join(os.path.dirname(__file__), "roofline.py")]
+    subprocess.run(cmd + ["--json", out, "--data", args.data], check=True, capture_output=True)
+    with open(out, encoding="utf-8") as f:
+        return json.load(f)
+
+
+if __name__ == "__main__":
+    main()
