@@ -157,6 +157,7 @@ class Trainer:
         return terms, grads
 
     def _replica_step(self, *batches):
+        """One update on this replica; batches: its accumulation micro-batches (batch dicts)."""
         context = tf.distribute.get_replica_context()
         normalizers = None
         for batch in batches:
