@@ -4,19 +4,20 @@ For each model shape (small: 2+2 layers d256 4 heads FFN 1024; mid: 3+3 d512 8 h
 both systems train the same configuration (8k word vocabularies built once with
 ``seqtrain build-vocab``, 2048-token batches, label smoothing 0.1, LazyAdam, Noam, guided
 alignment CE on train.en-de.align) in separate processes, alternating (each round permutes the
-order of the four runs: seqtrain/OpenNMT-tf × guided alignment on/off). Per run: median target
-tokens/s over the log windows after the first (warm-up: tracing, first shapes), step time,
-CPU seconds per step (/proc, less sensitive to other jobs), peak RSS (wait4), the loss after
-N steps. Across runs: median (min–max). Then beam-4 decoding of the first test sentences with
-each system's last small GA checkpoint, every output forced to the same length (the models are
-barely trained; OpenNMT-tf gets minimum_decoding_length = maximum, seqtrain's untrained model
-does not stop early — checked and reported), timed as wall(N sentences) - wall(1 sentence) so
-start-up and tracing cancel. A roofline line relates achieved model FLOP/s to the measured
-float32 matmul peak (bench/roofline.py).
+order of the four runs: seqtrain/OpenNMT-tf × guided alignment on/off). Both log every step.
+Per run: target tokens/s = Σ tokens / Σ seconds after the first steps (tracing, first shapes),
+step time, CPU seconds per step (/proc: steadier than wall time when other jobs share the
+cores), peak RSS (wait4), the loss (mean of the last 5 steps). Across runs: median (min–max).
+Then beam-4 decoding of the first test sentences with each system's last small GA checkpoint,
+every output forced to the same length (the models are barely trained; OpenNMT-tf gets
+minimum_decoding_length = maximum, seqtrain's untrained model does not stop early — checked and
+reported), timed as wall(N sentences) - wall(1 sentence) so start-up and tracing cancel.
+A roofline line relates achieved model FLOP/s to the measured float32 matmul peak
+(bench/roofline.py).
 
     python bench/compare.py --quick            # < ~15 min on a quiet 2-core machine
     python bench/compare.py [--rounds 3] [--steps 60] [--shapes small mid] [--json out.json]
-        [--seqtrain-set train.jit_compile=true]  # measure a candidate seqtrain setting
+        [--seqtrain-set train.mixed_precision=true]  # a candidate seqtrain setting
 
 Output: the table on stdout, everything (every run) in ``--json`` (default
 WORKDIR/compare-<time>.json). Work files (vocabularies, configs, runs) live in
@@ -183,7 +184,11 @@ def _fmt(value, spec: str, width: int) -> str:
 
 
 def format_report(result: dict) -> str:
-    peak = result["roofline"]["peak"]["peak_gflops"]
+    p = result["roofline"]["peak"]
+    peak = p["peak_gflops"]
+    # seqtrain with mixed precision computes in bfloat16 on CPUs: its roofline is the bf16 one.
+    mixed = result["seqtrain_overrides"].get("train", {}).get("mixed_precision")
+    seqtrain_peak = p.get("bf16_peak_gflops", peak) if mixed else peak
     title = (
         "seqtrain vs OpenNMT-tf 2.32 — onmt-toy-ende En→De, 8k word vocabs, 2048-token batches; "
         f"{result['machine']}"
@@ -198,17 +203,20 @@ def format_report(result: dict) -> str:
         for ga in ("on", "off"):
             for system in SYSTEMS:
                 entry = table.get(f"{system}/ga_{ga}")
+                system_peak = seqtrain_peak if system == "seqtrain" else peak
                 if entry:
-                    lines.append(_row(shape, ga, system, entry, flops, peak))
+                    lines.append(_row(shape, ga, system, entry, flops, system_peak))
             lines += _ratio_rows(shape, ga, table)
         lines += _overhead_rows(shape, table)
     lines += _decode_rows(result.get("decoding"))
-    p = result["roofline"]["peak"]
     lines.append(
         f"roofline: float32 matmul {p['matmul_size']}³ numpy {p['numpy_gflops']:.0f}, tf.matmul "
         f"{p['tensorflow_gflops']:.0f} GFLOP/s -> peak {peak:.0f}; model FLOPs = 6 × matmul "
         "MACs + attention on real tokens (bench/roofline.py)"
     )
+    if "tensorflow_bf16_gflops" in p:
+        used = " (the %peak of seqtrain rows: mixed precision)" if mixed else ""
+        lines.append(f"bfloat16 tf.matmul {p['tensorflow_bf16_gflops']:.0f} GFLOP/s{used}")
     lines.append(f"noise: (min–max) over runs; {result['noise_note']}")
     return "\n".join(lines)
 

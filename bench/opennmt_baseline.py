@@ -10,9 +10,9 @@ CE on the same alignment file, LazyAdam, Noam schedule), trains N steps and pars
 ``--jit_compile`` is never used: OpenNMT-tf 2.32 crashes with guided alignment under XLA
 (a 32-vs-31 shape mismatch, TF-NOTES).
 
-    python bench/opennmt_baseline.py [--shape small|mid] [--steps 40] [--no-ga]
+    python bench/opennmt_baseline.py [--shape small|mid] [--steps 40] [--skip-steps 5] [--no-ga]
         [--venv ~/.cache/seqtrain-bench/onmt-venv] [--workdir ~/.cache/seqtrain-bench]
-        [--translate]   # then beam-4 decoding of the test set with the trained checkpoint
+        [--translate N]   # then beam-4 decoding of N test sentences with the checkpoint
 """
 
 from __future__ import annotations

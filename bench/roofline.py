@@ -36,15 +36,15 @@ def numpy_gflops(size: int, repeats: int) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def tensorflow_gflops(size: int, repeats: int) -> float:
+def tensorflow_gflops(size: int, repeats: int, dtype: str = "float32") -> float:
     import tensorflow as tf
 
-    a = tf.random.normal([size, size], seed=0)
-    b = tf.random.normal([size, size], seed=1)
+    a = tf.cast(tf.random.normal([size, size], seed=0), dtype)
+    b = tf.cast(tf.random.normal([size, size], seed=1), dtype)
 
     @tf.function
     def product():
-        return tf.reduce_sum(tf.matmul(a, b))  # a fetched scalar: the matmul cannot be pruned
+        return tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32))  # fetched: cannot be pruned
 
     product().numpy()  # trace + warm-up
     times = []
@@ -56,13 +56,18 @@ def tensorflow_gflops(size: int, repeats: int) -> float:
 
 
 def measure_peak(size: int = 4096, repeats: int = 5) -> dict:
+    """float32 peak (the roofline), plus tf.matmul in bfloat16 for runs with mixed precision
+    (fast only on CPUs with bf16 instructions, e.g. avx512_bf16 / AMX)."""
     numpy_rate = numpy_gflops(size, repeats)
     tf_rate = tensorflow_gflops(size, repeats)
+    bf16_rate = tensorflow_gflops(size, repeats, "bfloat16")
     return {
         "matmul_size": size,
         "numpy_gflops": numpy_rate,
         "tensorflow_gflops": tf_rate,
         "peak_gflops": max(numpy_rate, tf_rate),
+        "tensorflow_bf16_gflops": bf16_rate,
+        "bf16_peak_gflops": max(bf16_rate, numpy_rate, tf_rate),
     }
 
 
@@ -100,7 +105,8 @@ def main() -> None:
     peak = result["peak"]
     print(
         f"float32 matmul {args.size}³: numpy {peak['numpy_gflops']:.1f} GFLOP/s, "
-        f"tf.matmul {peak['tensorflow_gflops']:.1f} GFLOP/s"
+        f"tf.matmul {peak['tensorflow_gflops']:.1f} GFLOP/s; bfloat16 tf.matmul "
+        f"{peak['tensorflow_bf16_gflops']:.1f} GFLOP/s"
     )
     for name, entry in result["model"].items():
         per = entry["train_flops_per_target_token"]

@@ -4,15 +4,18 @@ Runs ``seqtrain train`` (a separate process per run, as a user would) on:
   * quickstart: config/quickstart.yml as shipped (its toy corpus and model), eval off;
   * small / mid: the issue's shapes (2+2 d256 4 heads FFN 1024; 3+3 d512 8 heads FFN 2048) on
     onmt-toy-ende with 8k word vocabularies and 2048-token batches (the compare.py setting);
-with guided alignment on and off, alternating on/off in each round so that machine noise
-hits both alike. Throughput comes from model_dir/metrics.jsonl, median over the log windows
-after the first one (tracing and first shapes); peak RSS from wait4 of the process.
+with guided alignment on and off, the configurations' order rotating every round so that
+machine noise hits all alike. Every step is logged; throughput = Σ target tokens / Σ seconds
+after ``--skip-steps`` (tracing, first shapes), from model_dir/metrics.jsonl; CPU s/step from
+/proc (steadier than wall time on a shared machine); peak RSS from wait4 of the process.
 
-    python bench/train.py [--cases quickstart mid] [--steps 40] [--rounds 2]
-        [--set train.jit_compile=true ...] [--json out.json]
+    python bench/train.py [--cases quickstart mid] [--steps 40] [--rounds 2] [--json out.json]
+    python bench/train.py --cases small --variant bf16 train.mixed_precision=true \
+        --variant arena2 env:MALLOC_ARENA_MAX=2
 
-``--set KEY=VALUE`` (YAML value, dotted key) overrides the seqtrain config of every run, to
-measure a candidate change (e.g. ``--set train.length_bucket_width=4``).
+``--set KEY=VALUE`` (YAML value, dotted key) overrides the seqtrain config of every run;
+``--variant NAME KEY=VALUE… [env:VAR=VALUE…]`` adds a candidate (GA on) alternated with the
+GA-on baseline, with ratios of tokens/s and CPU/step against it.
 """
 
 from __future__ import annotations

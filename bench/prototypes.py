@@ -1,0 +1,142 @@
+"""Prototypes of candidate seqtrain changes, timed by bench/step_profile.py (seqtrain itself
+is not edited): padding to bucket multiples, the guided-alignment cost from gold links only, a
+fused label-smoothed cross-entropy, and a cheaper dropout mask.
+"""
+
+import tensorflow as tf
+
+from seqtrain import losses
+
+
+def pad_to_multiple(batch: dict, multiple: int) -> dict:
+    """Pads the time axes of a batch up to a multiple (PAD = 0, alignment rows/cols 0)."""
+
+    def up(n):
+        return -(-n // multiple) * multiple
+
+    t, s = batch["target_in"].shape[1], batch["source_ids"].shape[1]
+    pt, ps = up(t) - t, up(s) - s
+    out = dict(batch)
+    out["source_ids"] = tf.pad(batch["source_ids"], [[0, 0], [0, ps]])
+    out["target_in"] = tf.pad(batch["target_in"], [[0, 0], [0, pt]])
+    out["target_out"] = tf.pad(batch["target_out"], [[0, 0], [0, pt]])
+    if "alignment" in batch:
+        out["alignment"] = tf.pad(batch["alignment"], [[0, 0], [0, pt], [0, ps]])
+    return out
+
+
+def sparse_ga_cost(attention, links, lengths_without_eos, weight):
+    """The ``opennmt`` GA cost from gold links only.
+
+    attention [B, T, S]; links int32 [K, 3] of (b, t, s). Rows of the guided head are softmax
+    rows over real keys (masked keys are exactly 0), so OpenNMT-tf's row renormalization is the
+    identity up to rounding; the cost is -Σ_links log clip(A[b, t, s]) / Σ_b len_t(b).
+    """
+    probs = tf.gather_nd(tf.cast(attention, tf.float32), links)
+    total = -tf.reduce_sum(tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0 - 1e-7)))
+    normalizer = tf.cast(tf.reduce_sum(tf.maximum(lengths_without_eos, 0)), tf.float32)
+    return weight * tf.math.divide_no_nan(total, normalizer)
+
+
+def fused_smoothed_ce(logits, labels, epsilon: float):
+    """Label-smoothed CE per row with one hand-written gradient (a prototype for losses.py).
+
+    logits float32 [N, V], labels int32 [N] -> ce [N]. With δ = ε/(V-1) and a = 1-ε-δ,
+    ce = lse - a·z_y - δ·Σ_v z_v (equal to losses.cross_entropy_sequence_loss's smoothed CE) and
+    ∂ce/∂z = softmax(z) - a·onehot(y) - δ: one exp pass forward, none backward (the forward's
+    exp is kept), instead of the fused sparse CE op + reduce_logsumexp + reduce_sum and their
+    three gradients summed.
+    """
+    vocab = logits.shape[-1]
+    delta = epsilon / (vocab - 1)
+    a = 1.0 - epsilon - delta
+
+    @tf.custom_gradient
+    def ce(z):
+        peak = tf.reduce_max(z, axis=-1, keepdims=True)
+        e = tf.exp(z - peak)
+        total = tf.reduce_sum(e, axis=-1, keepdims=True)
+        lse = tf.squeeze(tf.math.log(total) + peak, -1)
+        label_logit = tf.gather(z, labels, batch_dims=1)
+        value = lse - a * label_logit - delta * tf.reduce_sum(z, axis=-1)
+
+        def grad(upstream):
+            rows = tf.range(tf.shape(labels)[0])
+            g = e * (upstream[:, None] / total) - (delta * upstream)[:, None]
+            indices = tf.stack([rows, labels], axis=1)
+            return tf.tensor_scatter_nd_sub(g, indices, a * upstream)
+
+        return value, grad
+
+    return ce(logits)
+
+
+def fused_ce_terms(logits, batch, params) -> dict:
+    """``losses.loss_terms`` (opennmt normalization) with ``fused_smoothed_ce``."""
+    vocab = logits.shape[-1]
+    length = batch["target_length"]
+    flat = tf.reshape(logits, [-1, vocab])
+    ce = fused_smoothed_ce(flat, tf.reshape(batch["target_out"], [-1]), params.label_smoothing)
+    mask = tf.sequence_mask(length, maxlen=tf.shape(logits)[1], dtype=tf.float32)
+    tokens = tf.reduce_sum(mask)
+    terms = {"ce_sum": tf.reduce_sum(ce * tf.reshape(mask, [-1])), "tokens": tokens}
+    terms["loss_normalizer"] = tokens
+    return terms
+
+
+def check_fused_ce(vocab: int = 8004, rows: int = 64, epsilon: float = 0.1) -> dict:
+    """Max |difference| of value and gradient, fused vs losses.cross_entropy_sequence_loss."""
+    logits = tf.random.normal([1, rows, vocab], stddev=3.0, seed=0)
+    labels = tf.random.uniform([1, rows], 0, vocab, tf.int32, seed=1)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        reference, _, _ = losses.cross_entropy_sequence_loss(
+            logits, labels, label_smoothing=epsilon, training=True
+        )
+        fused = tf.reduce_sum(fused_smoothed_ce(logits[0], labels[0], epsilon))
+    g_ref, g_fused = tape.gradient(reference, logits), tape.gradient(fused, logits)
+    return {
+        "value_abs_diff": float(abs(reference - fused)),
+        "value": float(reference),
+        "grad_max_abs_diff": float(tf.reduce_max(tf.abs(g_ref - g_fused))),
+    }
+
+
+class ByteDropout:
+    """Prototype of ``seqtrain.layers.Dropout`` drawing 4 keep decisions per random 32-bit word
+    (uint8 thresholds: the rate is rounded to k/256, 0.1 -> 26/256 = 0.1016), so the Philox
+    generator runs 4× fewer times. Same stateless, per-site seeding."""
+
+    def __init__(self, training: bool, seed=None):
+        self.training, self.seed, self._site = training, seed, 0
+
+    def __call__(self, x, rate: float):
+        if not self.training or rate <= 0:
+            return x
+        self._site += 1
+        seed = tf.random.experimental.stateless_fold_in(self.seed, self._site)
+        size = tf.size(x)
+        words = tf.random.stateless_uniform(
+            [(size + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32
+        )
+        random_bytes = tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:size]
+        threshold = round(rate * 256)
+        keep = tf.reshape(random_bytes >= threshold, tf.shape(x))
+        scale = tf.cast(256 / (256 - threshold), x.dtype)
+        return tf.where(keep, x * scale, tf.zeros_like(x))
+
+
+class Patched:
+    """Context manager: seqtrain.model.Dropout replaced by ``replacement`` (tracing only)."""
+
+    def __init__(self, replacement):
+        self.replacement = replacement
+
+    def __enter__(self):
+        import seqtrain.model
+
+        self.module, self.original = seqtrain.model, seqtrain.model.Dropout
+        seqtrain.model.Dropout = self.replacement
+
+    def __exit__(self, *exc):
+        self.module.Dropout = self.original
