@@ -36,6 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib
+import decode_compare
 import opennmt_baseline as onmt
 import roofline
 import train as st
@@ -87,86 +88,6 @@ def aggregate(results: list[dict]) -> dict:
     return st.aggregate(results)
 
 
-# ---------------------------------------------------------------- decoding
-
-
-def count_tokens(path: str) -> tuple[int, int]:
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    return len(lines), sum(len(line.split()) for line in lines)
-
-
-def decode_benchmark(args, data, onmt_main, sentences: int, length: int, rounds: int) -> dict:
-    """Beam-4 decoding of the first ``sentences`` test lines by both systems' small GA models."""
-    work = benchlib.fresh_dir(os.path.join(args.workdir, "runs", "cmp-decode"))
-    one = benchlib.head_file(data.test_source, os.path.join(work, "test1.en"), 1)
-    many = benchlib.head_file(data.test_source, os.path.join(work, "testN.en"), sentences)
-    runs = {}
-    for system in SYSTEMS:
-        run_dir = os.path.join(args.workdir, "runs", f"cmp-{system}-small-ga1")
-        if system == "seqtrain":
-            # Rewrite the config with the decoding length (the checkpoint stays).
-            configs = [os.path.join(run_dir, "config.yml")]
-            _set_decoding_length(configs[0], length, seqtrain=True)
-            runs[system] = {"run_dir": run_dir, "configs": configs}
-        else:
-            _set_decoding_length(os.path.join(run_dir, "config.yml"), length, seqtrain=False)
-            runs[system] = {
-                "run_dir": run_dir,
-                "config": os.path.join(run_dir, "config.yml"),
-                "model": os.path.join(run_dir, "model.py"),
-            }
-    timings = {system: {"one": [], "many": [], "rss": []} for system in SYSTEMS}
-    tokens = {}
-    for index in range(rounds):
-        for system in SYSTEMS if index % 2 == 0 else SYSTEMS[::-1]:
-            for kind, features in (("one", one), ("many", many)):
-                out = os.path.join(work, f"{system}.{kind}.out")
-                if system == "seqtrain":
-                    result = st.translate(runs[system], features, out, timeout=args.timeout)
-                else:
-                    result = onmt.translate(
-                        onmt_main, runs[system], features, out, timeout=args.timeout
-                    )
-                timings[system][kind].append(result.wall_s)
-                timings[system]["rss"].append(result.peak_rss_mb)
-                if kind == "many":
-                    tokens[system] = count_tokens(out)
-            one_s, many_s = timings[system]["one"][-1], timings[system]["many"][-1]
-            log(
-                f"decode {NAMES[system]} round {index + 1}: 1 sentence {one_s:.1f} s, "
-                f"{sentences} sentences {many_s:.1f} s, output tokens {tokens[system][1]}"
-            )
-    report = {}
-    for system in SYSTEMS:
-        lines, count = tokens[system]
-        deltas = [m - o for m, o in zip(timings[system]["many"], timings[system]["one"])]
-        rates = [count / d for d in deltas if d > 0]
-        report[system] = {
-            "sentences": lines,
-            "output_tokens": count,
-            "mean_output_length": count / max(lines, 1),
-            "target_tokens_per_sec": benchlib.spread(rates),
-            "decode_s": benchlib.spread(deltas),
-            "startup_s": benchlib.spread(timings[system]["one"]),
-            "peak_rss_mb": benchlib.spread(timings[system]["rss"]),
-        }
-    return report
-
-
-def _set_decoding_length(config_path: str, length: int, seqtrain: bool) -> None:
-    import yaml
-
-    with open(config_path, encoding="utf-8") as f:
-        config = yaml.safe_load(f)
-    config["params"]["maximum_decoding_length"] = length
-    config["params"]["beam_width"] = 4
-    if not seqtrain:
-        config["params"]["minimum_decoding_length"] = length
-    with open(config_path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-
-
 # ---------------------------------------------------------------- report
 
 
@@ -208,7 +129,7 @@ def format_report(result: dict) -> str:
                     lines.append(_row(shape, ga, system, entry, flops, system_peak))
             lines += _ratio_rows(shape, ga, table)
         lines += _overhead_rows(shape, table)
-    lines += _decode_rows(result.get("decoding"))
+    lines += decode_compare.decode_rows(result.get("decoding"))
     lines.append(
         f"roofline: float32 matmul {p['matmul_size']}³ numpy {p['numpy_gflops']:.0f}, tf.matmul "
         f"{p['tensorflow_gflops']:.0f} GFLOP/s -> peak {peak:.0f}; model FLOPs = 6 × matmul "
@@ -268,30 +189,6 @@ def _overhead_rows(shape, table) -> list[str]:
     )
 
 
-def _decode_rows(decoding) -> list[str]:
-    if not decoding:
-        return []
-    rows = []
-    for system in SYSTEMS:
-        d = decoding[system]
-        tok = d["target_tokens_per_sec"]
-        rows.append(
-            f"decode beam 4, {d['sentences']} sentences, {NAMES[system]}: "
-            f"{_fmt(tok['median'], '.0f', 0)} target tok/s (min {_fmt(tok['min'], '.0f', 0)}, "
-            f"max {_fmt(tok['max'], '.0f', 0)}), mean output length "
-            f"{d['mean_output_length']:.1f}, start-up {d['startup_s']['median']:.1f} s, "
-            f"peak RSS {d['peak_rss_mb']['median']:.0f} MiB"
-        )
-    a = decoding["seqtrain"]["target_tokens_per_sec"]["median"]
-    b = decoding["opennmt"]["target_tokens_per_sec"]["median"]
-    if a and b:
-        rows.append(f"decode ratio seqtrain/OpenNMT-tf: ×{a / b:.2f} (goal ≥ 2)")
-    la, lb = (decoding[s]["mean_output_length"] for s in SYSTEMS)
-    if abs(la - lb) > 0.1 * max(la, lb):
-        rows.append(f"WARNING: output lengths differ ({la:.1f} vs {lb:.1f}): unequal work")
-    return rows
-
-
 def machine_description() -> str:
     model = ""
     try:
@@ -313,6 +210,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds per shape (default: mode's)")
     parser.add_argument("--steps", type=int, help="training steps per run (default: mode's)")
     parser.add_argument("--decode-sentences", type=int)
+    parser.add_argument("--decode-length", type=int, help="forced output length")
     parser.add_argument("--decode-rounds", type=int, default=None)
     parser.add_argument("--no-decode", action="store_true")
     parser.add_argument("--seqtrain-set", action="append", default=[], metavar="KEY=VALUE")
@@ -331,7 +229,7 @@ def main() -> None:
     overrides = st.parse_overrides(args.seqtrain_set)
     result = {"machine": machine_description(), "mode": "quick" if args.quick else "full"}
     result["seqtrain_overrides"] = overrides
-    result["roofline"] = measure_roofline(args)
+    result["roofline"] = measure_roofline(args)  # again at the end: the better figures count
     result["training"] = {}
     for shape in args.shapes:
         rounds, steps, skip = mode[shape]
@@ -342,9 +240,11 @@ def main() -> None:
     if not args.no_decode and "small" in args.shapes:
         sentences = args.decode_sentences or mode["decode_sentences"]
         rounds = args.decode_rounds or (1 if args.quick else 2)
-        result["decoding"] = decode_benchmark(
-            args, data, onmt_main, sentences, mode["decode_length"], rounds
+        length = args.decode_length or mode["decode_length"]
+        result["decoding"] = decode_compare.decode_benchmark(
+            args.workdir, data.test_source, onmt_main, sentences, length, rounds, args.timeout
         )
+    result["roofline"]["peak"] = best_peak(result["roofline"]["peak"], measure_roofline(args))
     result["elapsed_s"] = time.monotonic() - start
     result["noise_note"] = (
         f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
@@ -356,6 +256,12 @@ def main() -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump({**result, "table": text}, f, indent=2)
     log(f"JSON: {path}")
+
+
+def best_peak(first: dict, second: dict) -> dict:
+    """Per field, the higher of two peak measurements (peaks are only ever underestimated)."""
+    peak = {k: max(v, second["peak"][k]) if k != "matmul_size" else v for k, v in first.items()}
+    return peak
 
 
 def measure_roofline(args) -> dict:

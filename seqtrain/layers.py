@@ -72,7 +72,26 @@ class Dropout:
         if self.seed is None:
             return tf.nn.dropout(x, rate)
         site_seed = tf.random.experimental.stateless_fold_in(self.seed, self._site)
-        return tf.nn.experimental.stateless_dropout(x, rate, seed=site_seed)
+        return stateless_dropout(x, rate, site_seed)
+
+
+def stateless_dropout(x, rate: float, seed):
+    """Inverted dropout drawing two 16-bit keep decisions per random 32-bit word.
+
+    ``tf.nn.experimental.stateless_dropout`` draws one float per element; the Philox generator
+    was ~5 % of a small model's CPU step, and halving its work made a [2048, 1024] dropout 1.6×
+    faster (12.0 -> 7.4 ms, bench/README.md). The rate is rounded to k/65536 (0.1 ->
+    0.1000061) and the kept values are scaled by 65536/(65536-k), so the expectation is exact.
+    """
+    size = tf.size(x)
+    words = tf.random.stateless_uniform(
+        [(size + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32
+    )
+    halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
+    threshold = min(round(rate * 65536), 65535)
+    keep = tf.reshape(halves >= threshold, tf.shape(x))
+    scale = tf.cast(65536 / (65536 - threshold), x.dtype)
+    return tf.where(keep, x * scale, tf.zeros_like(x))
 
 
 class Dense(tf.Module):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from seqtrain.config import ModelConfig
 from seqtrain.errors import SeqtrainError
+from seqtrain.layers import stateless_dropout
 from seqtrain.model import Transformer
 
 VOCAB = 20
@@ -273,7 +274,7 @@ def test_same_seed_same_weights():
     assert qkv.shape == (16, 48) and np.abs(qkv).max() <= limit and np.abs(qkv).max() > 0.8 * limit
 
 
-def test_stateless_dropout_is_reproducible():
+def teststateless_dropout_is_reproducible():
     model = make_model(dropout=0.3, attention_dropout=0.3, ffn_dropout=0.3)
     batch = make_batch()
     first = model(batch, training=True, seed=tf.constant([1, 1]))[0]
@@ -283,6 +284,23 @@ def test_stateless_dropout_is_reproducible():
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other) and not np.allclose(first, inference)
     np.testing.assert_array_equal(inference, model(batch, training=False)[0])
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_dropout_rate_and_scale(dtype):
+    x = tf.ones([1001, 999], dtype)  # odd size: the last 32-bit word is half used
+    out = stateless_dropout(x, 0.1, tf.constant([5, 6])).numpy().astype(np.float64)
+    dropped = float(np.mean(out == 0))
+    # 1e6 Bernoulli(0.1000061) draws: standard deviation 3e-4.
+    assert abs(dropped - 6554 / 65536) < 1.5e-3
+    kept = np.unique(out[out != 0])
+    np.testing.assert_allclose(
+        kept, [65536 / (65536 - 6554)], rtol=1e-2 if dtype != tf.float32 else 1e-7
+    )
+    again = stateless_dropout(x, 0.1, tf.constant([5, 6])).numpy().astype(np.float64)
+    np.testing.assert_array_equal(out, again)
+    other = stateless_dropout(x, 0.1, tf.constant([5, 7])).numpy()
+    assert np.mean((out == 0) != (other == 0)) > 0.1  # another seed, another mask
 
 
 def test_mixed_precision_close_to_float32():
