@@ -1,6 +1,6 @@
 """Prototypes of candidate seqtrain changes, timed by bench/step_profile.py (seqtrain itself
 is not edited): padding to bucket multiples, the guided-alignment cost from gold links only, a
-fused label-smoothed cross-entropy, and a cheaper dropout mask.
+fused label-smoothed cross-entropy (since adopted), and a cheaper dropout mask.
 """
 
 import tensorflow as tf
@@ -38,45 +38,14 @@ def sparse_ga_cost(attention, links, lengths_without_eos, weight):
     return weight * tf.math.divide_no_nan(total, normalizer)
 
 
-def fused_smoothed_ce(logits, labels, epsilon: float):
-    """Label-smoothed CE per row with one hand-written gradient (a prototype for losses.py).
-
-    logits float32 [N, V], labels int32 [N] -> ce [N]. With δ = ε/(V-1) and a = 1-ε-δ,
-    ce = lse - a·z_y - δ·Σ_v z_v (equal to losses.cross_entropy_sequence_loss's smoothed CE) and
-    ∂ce/∂z = softmax(z) - a·onehot(y) - δ: one exp pass forward, none backward (the forward's
-    exp is kept), instead of the fused sparse CE op + reduce_logsumexp + reduce_sum and their
-    three gradients summed.
-    """
-    vocab = logits.shape[-1]
-    delta = epsilon / (vocab - 1)
-    a = 1.0 - epsilon - delta
-
-    @tf.custom_gradient
-    def ce(z):
-        peak = tf.reduce_max(z, axis=-1, keepdims=True)
-        e = tf.exp(z - peak)
-        total = tf.reduce_sum(e, axis=-1, keepdims=True)
-        lse = tf.squeeze(tf.math.log(total) + peak, -1)
-        label_logit = tf.gather(z, labels, batch_dims=1)
-        value = lse - a * label_logit - delta * tf.reduce_sum(z, axis=-1)
-
-        def grad(upstream):
-            rows = tf.range(tf.shape(labels)[0])
-            g = e * (upstream[:, None] / total) - (delta * upstream)[:, None]
-            indices = tf.stack([rows, labels], axis=1)
-            return tf.tensor_scatter_nd_sub(g, indices, a * upstream)
-
-        return value, grad
-
-    return ce(logits)
-
-
 def fused_ce_terms(logits, batch, params) -> dict:
-    """``losses.loss_terms`` (opennmt normalization) with ``fused_smoothed_ce``."""
+    """``losses.loss_terms`` (opennmt normalization) with ``losses.smoothed_cross_entropy``
+    (this prototype came first; seqtrain adopted it, so the variant now equals fwd+bwd)."""
     vocab = logits.shape[-1]
     length = batch["target_length"]
     flat = tf.reshape(logits, [-1, vocab])
-    ce = fused_smoothed_ce(flat, tf.reshape(batch["target_out"], [-1]), params.label_smoothing)
+    labels = tf.reshape(batch["target_out"], [1, -1])
+    ce = losses.smoothed_cross_entropy(flat[None], labels, params.label_smoothing)[0]
     mask = tf.sequence_mask(length, maxlen=tf.shape(logits)[1], dtype=tf.float32)
     tokens = tf.reduce_sum(mask)
     terms = {"ce_sum": tf.reduce_sum(ce * tf.reshape(mask, [-1])), "tokens": tokens}
@@ -85,7 +54,7 @@ def fused_ce_terms(logits, batch, params) -> dict:
 
 
 def check_fused_ce(vocab: int = 8004, rows: int = 64, epsilon: float = 0.1) -> dict:
-    """Max |difference| of value and gradient, fused vs losses.cross_entropy_sequence_loss."""
+    """Max |difference| of value and gradient: smoothed_cross_entropy vs the sequence loss."""
     logits = tf.random.normal([1, rows, vocab], stddev=3.0, seed=0)
     labels = tf.random.uniform([1, rows], 0, vocab, tf.int32, seed=1)
     with tf.GradientTape(persistent=True) as tape:
@@ -93,7 +62,7 @@ def check_fused_ce(vocab: int = 8004, rows: int = 64, epsilon: float = 0.1) -> d
         reference, _, _ = losses.cross_entropy_sequence_loss(
             logits, labels, label_smoothing=epsilon, training=True
         )
-        fused = tf.reduce_sum(fused_smoothed_ce(logits[0], labels[0], epsilon))
+        fused = tf.reduce_sum(losses.smoothed_cross_entropy(logits, labels, epsilon))
     g_ref, g_fused = tape.gradient(reference, logits), tape.gradient(fused, logits)
     return {
         "value_abs_diff": float(abs(reference - fused)),

@@ -11,10 +11,12 @@ the median pass as target tokens/s and ms per step:
   fwd+bwd        forward + gradients (returned, so nothing is pruned), no optimizer
   fwd+bwd GA off the same without the guided-alignment term (GA overhead)
   fwd+bwd sparse GA    the GA cost from the gold links only (gather) instead of dense [B, T, S]
-  fwd+bwd fused CE     label-smoothed CE with one hand-written gradient (checked against losses)
+  fwd+bwd fused CE     label-smoothed CE with one hand-written gradient (the prototype of what
+                       losses.smoothed_cross_entropy now does: since then equal to fwd+bwd)
   fwd+bwd no dropout   all dropout rates 0: the ceiling of what cheaper dropout could buy
   fwd+bwd tf.nn.dropout    stateful dropout (global RNG) instead of stateless per-site seeds
-  fwd+bwd byte dropout     prototype: 4 keep decisions per random 32-bit word (ByteDropout)
+  fwd+bwd byte dropout     prototype: 4 keep decisions per random 32-bit word (ByteDropout;
+                           seqtrain.layers now draws 2 per word, with an exact rate)
   fwd+bwd pad8   batches padded to multiples of 8 (the shapes XLA would need)
   fwd+bwd XLA pad8     the same under jit_compile (compile time reported apart)
   fwd+bwd bf16   compute dtype bfloat16 (variables float32)

@@ -113,7 +113,7 @@ class TrainConfig:
     save_summary_steps: int = _opt(100, minimum=1)  # log line / TensorBoard period (steps)
     max_step: Optional[int] = _opt(500000, minimum=1)  # stop after this many updates
     seed: int = 1234  # shuffling, initialization and dropout seed
-    mixed_precision: bool = False  # float16 compute + dynamic loss scaling
+    mixed_precision: bool = False  # GPU: float16 + dynamic loss scaling; CPU: bfloat16
     jit_compile: bool = False  # XLA-compile the forward/backward (fixed bucket shapes only)
 
 
