@@ -79,9 +79,10 @@ def stateless_dropout(x, rate: float, seed):
     """Inverted dropout drawing two 16-bit keep decisions per random 32-bit word.
 
     ``tf.nn.experimental.stateless_dropout`` draws one float per element; the Philox generator
-    was ~5 % of a small model's CPU step, and halving its work made a [2048, 1024] dropout 1.6×
-    faster (12.0 -> 7.4 ms, bench/README.md). The rate is rounded to k/65536 (0.1 ->
-    0.1000061) and the kept values are scaled by 65536/(65536-k), so the expectation is exact.
+    was ~5 % of a small model's CPU step; halving its work made a [2048, 1024] dropout 1.6×
+    faster and a step 2.5 % (float32) / 13 % (bfloat16) cheaper (bench/README.md). The rate is
+    rounded to k/65536 (0.1 -> 0.1000061) and the kept values are scaled by 65536/(65536-k), so
+    the expectation is exact.
     """
     size = tf.size(x)
     words = tf.random.stateless_uniform(
