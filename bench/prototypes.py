@@ -1,11 +1,10 @@
 """Prototypes of candidate seqtrain changes, timed by bench/step_profile.py (seqtrain itself
-is not edited): padding to bucket multiples, the guided-alignment cost from gold links only, a
-fused label-smoothed cross-entropy (since adopted), and a cheaper dropout mask.
+is not edited): padding to bucket multiples, the guided-alignment cost from gold links only, and
+a cheaper dropout mask. (The fused label-smoothed cross-entropy prototyped here first is now
+seqtrain.losses.smoothed_cross_entropy.)
 """
 
 import tensorflow as tf
-
-from seqtrain import losses
 
 
 def pad_to_multiple(batch: dict, multiple: int) -> dict:
@@ -36,39 +35,6 @@ def sparse_ga_cost(attention, links, lengths_without_eos, weight):
     total = -tf.reduce_sum(tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0 - 1e-7)))
     normalizer = tf.cast(tf.reduce_sum(tf.maximum(lengths_without_eos, 0)), tf.float32)
     return weight * tf.math.divide_no_nan(total, normalizer)
-
-
-def fused_ce_terms(logits, batch, params) -> dict:
-    """``losses.loss_terms`` (opennmt normalization) with ``losses.smoothed_cross_entropy``
-    (this prototype came first; seqtrain adopted it, so the variant now equals fwd+bwd)."""
-    vocab = logits.shape[-1]
-    length = batch["target_length"]
-    flat = tf.reshape(logits, [-1, vocab])
-    labels = tf.reshape(batch["target_out"], [1, -1])
-    ce = losses.smoothed_cross_entropy(flat[None], labels, params.label_smoothing)[0]
-    mask = tf.sequence_mask(length, maxlen=tf.shape(logits)[1], dtype=tf.float32)
-    tokens = tf.reduce_sum(mask)
-    terms = {"ce_sum": tf.reduce_sum(ce * tf.reshape(mask, [-1])), "tokens": tokens}
-    terms["loss_normalizer"] = tokens
-    return terms
-
-
-def check_fused_ce(vocab: int = 8004, rows: int = 64, epsilon: float = 0.1) -> dict:
-    """Max |difference| of value and gradient: smoothed_cross_entropy vs the sequence loss."""
-    logits = tf.random.normal([1, rows, vocab], stddev=3.0, seed=0)
-    labels = tf.random.uniform([1, rows], 0, vocab, tf.int32, seed=1)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(logits)
-        reference, _, _ = losses.cross_entropy_sequence_loss(
-            logits, labels, label_smoothing=epsilon, training=True
-        )
-        fused = tf.reduce_sum(losses.smoothed_cross_entropy(logits, labels, epsilon))
-    g_ref, g_fused = tape.gradient(reference, logits), tape.gradient(fused, logits)
-    return {
-        "value_abs_diff": float(abs(reference - fused)),
-        "value": float(reference),
-        "grad_max_abs_diff": float(tf.reduce_max(tf.abs(g_ref - g_fused))),
-    }
 
 
 class ByteDropout:

@@ -11,8 +11,6 @@ the median pass as target tokens/s and ms per step:
   fwd+bwd        forward + gradients (returned, so nothing is pruned), no optimizer
   fwd+bwd GA off the same without the guided-alignment term (GA overhead)
   fwd+bwd sparse GA    the GA cost from the gold links only (gather) instead of dense [B, T, S]
-  fwd+bwd fused CE     label-smoothed CE with one hand-written gradient (the prototype of what
-                       losses.smoothed_cross_entropy now does: since then equal to fwd+bwd)
   fwd+bwd no dropout   all dropout rates 0: the ceiling of what cheaper dropout could buy
   fwd+bwd tf.nn.dropout    stateful dropout (global RNG) instead of stateless per-site seeds
   fwd+bwd byte dropout     prototype: 4 keep decisions per random 32-bit word (ByteDropout;
@@ -50,8 +48,6 @@ import train as st
 from prototypes import (
     ByteDropout,
     Patched,
-    check_fused_ce,
-    fused_ce_terms,
     pad_to_multiple,
     sparse_ga_cost,
 )
@@ -61,7 +57,7 @@ from seqtrain import data, losses
 from seqtrain import trainer as trainer_lib
 from seqtrain.checkpoints import build_model
 
-VARIANTS = ["step", "fwd", "fwd+bwd", "fwd+bwd GA off", "fwd+bwd sparse GA", "fwd+bwd fused CE",
+VARIANTS = ["step", "fwd", "fwd+bwd", "fwd+bwd GA off", "fwd+bwd sparse GA",
             "fwd+bwd no dropout", "fwd+bwd tf.nn.dropout", "fwd+bwd byte dropout", "fwd+bwd pad8",
             "fwd+bwd XLA pad8", "fwd+bwd bf16", "optimizer"]  # fmt: skip
 
@@ -100,7 +96,6 @@ class Variants:
         self.fwd_bwd = function(lambda b: self._grads(b, self.params))
         self.fwd_bwd_no_ga = function(lambda b: self._grads(b, self.params_no_ga))
         self.fwd_bwd_sparse = function(lambda b, links: self._grads(b, self.params, links))
-        self.fwd_bwd_fused = function(lambda b: self._grads(b, self.params, fused_ce=True))
         self.fwd_bwd_stateful = function(lambda b: self._grads(b, self.params, stateful=True))
         self.fwd_bwd_byte = function(lambda b: self._grads(b, self.params))
         # XLA compiles each concrete shape (cached), whatever the traced signature.
@@ -110,17 +105,11 @@ class Variants:
         with Patched(ByteDropout):  # only matters while tracing
             return self.fwd_bwd_byte(batch)
 
-    def _loss(self, batch, params, links=None, fused_ce=False, stateful=False):
+    def _loss(self, batch, params, links=None, stateful=False):
         normalizers = losses.batch_normalizers(batch, params)
         seed = None if stateful else self.seed  # None: tf.nn.dropout on the global RNG
         logits, attention = self.model(batch, training=True, seed=seed)
-        if fused_ce:
-            terms = fused_ce_terms(logits, batch, params)
-            if params.guided_alignment_type:
-                terms["ga_cost"] = losses.guided_alignment_cost(
-                    attention, batch["alignment"], batch["target_length"] - 1, "ce", 1.0
-                )
-        elif links is None:
+        if links is None:
             terms = losses.loss_terms(logits, attention, batch, params, training=True)
         else:
             terms = losses.loss_terms(logits, attention, batch, self.params_no_ga, training=True)
@@ -128,9 +117,9 @@ class Variants:
             terms["ga_cost"] = sparse_ga_cost(attention, links, lengths, 1.0)
         return losses.objective(terms, normalizers, params), terms
 
-    def _grads(self, batch, params, links=None, fused_ce=False, stateful=False):
+    def _grads(self, batch, params, links=None, stateful=False):
         with tf.GradientTape() as tape:
-            objective, _ = self._loss(batch, params, links, fused_ce, stateful)
+            objective, _ = self._loss(batch, params, links, stateful)
         grads = tape.gradient(objective, self.model.trainable_variables)
         # Fetch every gradient (values of IndexedSlices): nothing can be pruned.
         parts = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
@@ -194,7 +183,6 @@ def build_variants(config, batches, names) -> tuple[dict, dict]:
         "fwd+bwd": (v.fwd_bwd, plain),
         "fwd+bwd GA off": (v.fwd_bwd_no_ga, plain),
         "fwd+bwd sparse GA": (v.fwd_bwd_sparse, links),
-        "fwd+bwd fused CE": (v.fwd_bwd_fused, plain),
         "fwd+bwd tf.nn.dropout": (v.fwd_bwd_stateful, plain),
         "fwd+bwd byte dropout": (v.byte_dropout, plain),
         "fwd+bwd pad8": (v.fwd_bwd, padded),
@@ -303,8 +291,6 @@ def main() -> None:
             {(b["source_ids"].shape[1], b["target_in"].shape[1]) for b in batches}
         ),
     }
-    if "fwd+bwd fused CE" in args.variants:
-        result["fused_ce_check"] = check_fused_ce()
     table, warm = build_variants(config, batches, args.variants)
     result["warmup_s"] = warm
     names = [n for n in args.variants if not isinstance(warm.get(n), str)]
@@ -358,8 +344,6 @@ def format_result(result: dict) -> str:
     for name, warm in result["warmup_s"].items():
         if isinstance(warm, str):
             lines.append(f"{name:<20}{warm}")
-    if "fused_ce_check" in result:
-        lines.append(f"fused CE vs losses.py: {result['fused_ce_check']}")
     if "step_tracing_count" in result:
         lines.append(f"Trainer step traced {result['step_tracing_count']} times")
     profile = result.get("op_profile")
