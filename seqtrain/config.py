@@ -62,6 +62,10 @@ class ModelConfig:
     # matrices (OpenNMT-tf levels): source_target_input, target (input+output), all
     alignment_layer: int = -1  # decoder layer whose cross-attention is guided (-1 = last)
     alignment_heads: int = _opt(1, minimum=0)  # guided heads: first k averaged, 0 = all heads
+    alignment_row: Literal["predicting", "reading"] = "predicting"  # decoder step of target
+    # token t: predicting (OpenNMT-tf: the step whose output is t) or reading (input is t)
+    alignment_context: Literal["causal", "full"] = "causal"  # full: the guided layer also runs
+    # without the future mask (Garg et al. 2019), for the alignment only
 
 
 @dataclass(frozen=True)

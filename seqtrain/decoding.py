@@ -15,8 +15,12 @@ Conventions (both searches):
   * a score is the sum of the token log-probabilities, ``</s>``'s included; beam search divides
     it by the GNMT length penalty ((5 + |Y|) / 6)^alpha, |Y| = generated tokens including
     ``</s>`` when emitted;
-  * ``attention[b, n, t]`` is the alignment attention (model.alignment_layer/heads) of the step
-    that produced token t of hypothesis n, over the source positions (rows >= length are 0).
+  * ``attention[b, n, t]`` is the alignment attention (model.alignment_layer/heads) of token t
+    of hypothesis n, over the source positions (rows >= length are 0), read from the decoder
+    step the model was trained to align it with: with ``model.incremental_alignment`` (OpenNMT-tf's
+    convention: the step that produced token t) the search's own steps; otherwise a
+    teacher-forced pass over the finished hypotheses (``model.decode``), which serves every
+    convention exactly, including the last token of a hypothesis cut at the maximum length.
 """
 
 from typing import NamedTuple
@@ -83,12 +87,11 @@ def greedy_search(model, source_ids, source_length, maximum_length):
         }
 
     state = _decode_loop(model, state, step_fn, maximum_length)
-    return _mask_result(
-        state["ids"][:, tf.newaxis],
-        state["lengths"][:, tf.newaxis],
-        state["scores"][:, tf.newaxis],
-        state["attention"][:, tf.newaxis],
-    )
+    ids, lengths = state["ids"][:, tf.newaxis], state["lengths"][:, tf.newaxis]
+    attention = state["attention"][:, tf.newaxis]
+    if not model.incremental_alignment:
+        attention = forced_alignment(model, memory, memory_mask, ids, lengths)
+    return _mask_result(ids, lengths, state["scores"][:, tf.newaxis], attention)
 
 
 def length_penalty_factor(length, alpha):
@@ -157,8 +160,34 @@ def beam_search(
     scores, best = tf.math.top_k(scores, k=n_best)
     lengths = state["generated"] - tf.cast(state["finished"], tf.int32)
     ids = tf.gather(state["ids"], best, batch_dims=1)
-    attention = tf.gather(state["attention"], best, batch_dims=1)
-    return _mask_result(ids, tf.gather(lengths, best, batch_dims=1), scores, attention)
+    lengths = tf.gather(lengths, best, batch_dims=1)
+    if model.incremental_alignment:
+        attention = tf.gather(state["attention"], best, batch_dims=1)
+    else:
+        attention = forced_alignment(model, memory, memory_mask, ids, lengths)
+    return _mask_result(ids, lengths, scores, attention)
+
+
+def forced_alignment(model, memory, memory_mask, ids, lengths):
+    """Alignment rows of finished hypotheses by one teacher-forced decoder pass.
+
+    Args:
+      memory: [B, S, d] and memory_mask: bool [B, S] from ``model.encode``;
+      ids: int32 [B, N, L] hypotheses (no ``<s>``/``</s>``); lengths: int32 [B, N].
+
+    Returns:
+      float32 [B, N, L, S]: row t belongs to token t (the model's convention applied).
+    """
+    shape = tf.shape(ids)
+    batch, n, length = shape[0], shape[1], shape[2]
+    flat = tf.reshape(ids, [batch * n, length])
+    target_in = tf.concat([tf.fill([batch * n, 1], BOS_ID), flat], axis=1)  # [BN, L + 1]
+    # <s> + the tokens: step t + 1 reads token t, so every token has its reading row too.
+    target_length = tf.reshape(lengths, [-1]) + 1
+    _, attention = model.decode(
+        target_in, target_length, tf.repeat(memory, n, axis=0), tf.repeat(memory_mask, n, axis=0)
+    )
+    return tf.reshape(attention[:, :length], [batch, n, length, tf.shape(memory)[1]])
 
 
 def _beam_step(model, state, batch, k, alpha, n_best):

@@ -17,7 +17,19 @@ gets a dense gradient (the projection touches every row).
 Alignment attention: the encoder-decoder attention probabilities of decoder layer
 ``alignment_layer`` (python index, -1 = last) *before* attention dropout, averaged over the first
 ``alignment_heads`` heads (default 1: head 0, as OpenNMT-tf), or over all heads when 0.
-Row t is the decoder step that reads ``target_in[t]`` and predicts ``target_out[t]``.
+
+Which decoder step belongs to target token y_t (= ``target_out[t]``) is ``alignment_row``:
+  predicting (OpenNMT-tf, Marian, fairseq): step t, whose input is ``target_in[t]`` (``<s>`` or
+    y_(t-1)) and whose output is y_t; the link is chosen before y_t is known;
+  reading (Chen et al. 2020, "Shift-Att"): step t + 1, whose input is y_t. The last token's row
+    is the step that predicts ``</s>``, so every real token has one.
+``alignment_context: full`` (Garg et al. 2019) computes the alignment attention in a second pass
+through the decoder layers up to the guided one without the future mask (each row sees the
+whole target), used for the alignment only; translation logits keep the causal pass.
+
+Every alignment this module returns from a forward pass is in *token order*: row t belongs to
+y_t, whatever the convention, so losses, forced decoding and every consumer read row t.
+Incremental decoding returns per-*step* attention; ``alignment_shift`` says how searches map it.
 """
 
 import tensorflow as tf
@@ -129,6 +141,12 @@ class Transformer(tf.Module):
         self.config = config
         self.compute_dtype = tf.as_dtype(compute_dtype)
         self.alignment_index = config.alignment_layer % config.num_layers
+        # Target token t's alignment is the attention row of decoder step t + alignment_shift.
+        self.alignment_shift = 1 if config.alignment_row == "reading" else 0
+        # Searches may keep the attention of their own steps only for OpenNMT-tf's convention.
+        self.incremental_alignment = (
+            not self.alignment_shift and config.alignment_context == "causal"
+        )
         share = config.share_embeddings
         self.source_embedding = tf.Variable(
             glorot_uniform([source_vocab_size, d], seed, "source_embedding"), name="embedding"
@@ -169,13 +187,27 @@ class Transformer(tf.Module):
             global RNG (``tf.nn.dropout``).
 
         Returns:
-          (logits float32 [B, T, V], alignment attention float32 [B, T, S]).
+          (logits float32 [B, T, V], alignment attention float32 [B, T, S] in token order: row t
+          belongs to ``target_out[t]``; with ``alignment_row: reading`` the last row is 0, as no
+          step reads position T-1's token within the batch).
         """
         dropout = Dropout(training, seed)
         memory, memory_mask = self._encode(batch["source_ids"], batch["source_length"], dropout)
         return self._decode(
             batch["target_in"], batch.get("target_length"), memory, memory_mask, dropout
         )
+
+    def decode(self, target_in, target_length, memory, memory_mask):
+        """Teacher-forced decoder pass on encoded memory (inference, no dropout).
+
+        Args:
+          target_in: int32 [B, T] (``<s>`` then tokens); target_length: int32 [B] real positions;
+          memory, memory_mask: from ``encode``.
+
+        Returns:
+          (logits float32 [B, T, V], alignment float32 [B, T, S] in token order, as ``__call__``).
+        """
+        return self._decode(target_in, target_length, memory, memory_mask, Dropout(False))
 
     def encode(self, source_ids, source_length, training=False, seed=None):
         """source_ids int32 [B, S], source_length [B] -> (memory [B, S, d] of compute dtype,
@@ -203,18 +235,42 @@ class Transformer(tf.Module):
         dtype = self.compute_dtype
         length = tf.shape(target_in)[1]
         positions = tf.range(1, length + 1, dtype=tf.float32)
-        x = self._embed(target_in, self.target_input_embedding(), positions, dropout)
-        self_bias = causal_bias(length)
+        inputs = self._embed(target_in, self.target_input_embedding(), positions, dropout)
+        padding_bias = tf.zeros([1, 1, 1, 1])
         if target_length is not None:  # also hide padded keys, as OpenNMT-tf's future mask
-            self_bias += attention_bias(tf.sequence_mask(target_length, maxlen=length))
+            padding_bias = attention_bias(tf.sequence_mask(target_length, maxlen=length))
         memory_bias = attention_bias(memory_mask)
+        memory_kvs = [
+            layer.cross_attention.project_key_value(memory, dtype) for layer in self.decoder_layers
+        ]
+        x, attention = self._decoder_stack(
+            inputs, causal_bias(length) + padding_bias, memory_kvs, memory_bias, dropout
+        )
+        if self.config.alignment_context == "full":
+            # Same weights, no future mask, stopped at the guided layer: alignment only.
+            _, attention = self._decoder_stack(
+                inputs, padding_bias, memory_kvs, memory_bias, dropout, self.alignment_index + 1
+            )
+        return self._project(self.decoder_norm(x)), self.token_rows(attention)
+
+    def _decoder_stack(self, x, self_bias, memory_kvs, memory_bias, dropout, num_layers=None):
+        """Decoder layers [0, num_layers) -> (output [B, T, d], guided attention [B, T, S] by
+        step, or None if the guided layer was not reached)."""
         attention = None
-        for i, layer in enumerate(self.decoder_layers):
-            memory_kv = layer.cross_attention.project_key_value(memory, dtype)
-            x, probs, _ = layer(x, self_bias, memory_kv, memory_bias, dropout, dtype)
+        for i, layer in enumerate(self.decoder_layers[:num_layers]):
+            x, probs, _ = layer(
+                x, self_bias, memory_kvs[i], memory_bias, dropout, self.compute_dtype
+            )
             if i == self.alignment_index:
                 attention = self._alignment_heads(probs)
-        return self._project(self.decoder_norm(x)), attention
+        return x, attention
+
+    def token_rows(self, step_attention):
+        """Per-step attention [B, T, S] -> token order [B, T, S]: row t = step t + shift (0 past
+        the last step)."""
+        if not self.alignment_shift:
+            return step_attention
+        return tf.concat([step_attention[:, 1:], tf.zeros_like(step_attention[:, :1])], axis=1)
 
     def _alignment_heads(self, probs):
         """float32 [B, H, T, S] -> [B, T, S]: mean of the guided heads."""
@@ -281,7 +337,8 @@ class Transformer(tf.Module):
           cache: from ``initial_cache`` or the previous step.
 
         Returns:
-          (logits float32 [B, V], alignment attention float32 [B, S], new cache).
+          (logits float32 [B, V], alignment attention float32 [B, S] of this *step*: it belongs
+          to target token ``step - alignment_shift``, new cache).
         """
         dtype = self.compute_dtype
         dropout = Dropout(False)

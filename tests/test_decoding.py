@@ -165,6 +165,8 @@ class TableModel:
     """Scripted incremental model: logits and attention are read from tables indexed by
     (sentence, step, previous token); source_ids[:, 0] is the sentence index."""
 
+    incremental_alignment = True  # OpenNMT-tf's rows: the search's own steps
+
     def __init__(self, logits, attention):
         self.logits = tf.constant(logits, tf.float32)  # [N, L, V, V]
         self.attention = tf.constant(attention, tf.float32)  # [N, L, V, S]

@@ -84,6 +84,8 @@ class CopyModel:
     """Incremental-decoding stand-in: emits the source ids then </s> (logit 0 vs -5 for every
     other id) and attends to source position length-1-t at step t (a reversed diagonal)."""
 
+    incremental_alignment = True  # OpenNMT-tf's rows: the search's own steps
+
     vocab = 30
 
     def encode(self, source_ids, source_length, training=False):
