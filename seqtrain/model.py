@@ -266,11 +266,8 @@ class Transformer(tf.Module):
         return x, attention
 
     def token_rows(self, step_attention):
-        """Per-step attention [B, T, S] -> token order [B, T, S]: row t = step t + shift (0 past
-        the last step)."""
-        if not self.alignment_shift:
-            return step_attention
-        return tf.concat([step_attention[:, 1:], tf.zeros_like(step_attention[:, :1])], axis=1)
+        """Per-step attention [B, T, S] -> token order [B, T, S] (see ``alignment_token_rows``)."""
+        return alignment_token_rows(step_attention, self.alignment_shift)
 
     def _alignment_heads(self, probs):
         """float32 [B, H, T, S] -> [B, T, S]: mean of the guided heads."""
@@ -358,6 +355,14 @@ class Transformer(tf.Module):
                 attention = self._alignment_heads(probs)[:, 0]
         logits = self._project(self.decoder_norm(x))[:, 0]
         return logits, attention, {"memory_mask": cache["memory_mask"], "layers": new_layers}
+
+
+def alignment_token_rows(step_attention, shift):
+    """Row t of the result is row t + shift of ``step_attention`` [B, T, S]; rows past the last
+    step are 0 (with shift 1, the batch's last position: a ``</s>`` or padding, never a link)."""
+    if not shift:
+        return step_attention
+    return tf.concat([step_attention[:, shift:], tf.zeros_like(step_attention[:, :shift])], axis=1)
 
 
 def _check(config, source_vocab_size, target_vocab_size):
