@@ -111,6 +111,11 @@ def set_key(config: dict, dotted: str, value) -> None:
     node[last] = value
 
 
+def parse_pairs(pairs: list[str]) -> dict:
+    """["a.b=1", ...] -> {"a.b": 1, ...} (values parsed as YAML)."""
+    return {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
 def lowercase_copy(source: str, destination: str, lines: int | None = None) -> str:
     if not os.path.exists(destination):
         with open(source, encoding="utf-8") as f:
@@ -213,15 +218,20 @@ def main() -> None:
         "--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
         help="an extra variant: a name then dotted-key overrides (values are YAML)",
     )  # fmt: skip
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="dotted-key overrides for every variant, e.g. train.mixed_precision=true",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--valid-lines", type=int, default=500)
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at once")
     parser.add_argument("--force", action="store_true", help="retrain finished variants")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    variants = {name: VARIANTS[name] for name in args.variants}
+    common = parse_pairs(args.set)
+    variants = {name: {**common, **VARIANTS[name]} for name in args.variants}
     for name, *pairs in args.variant:
-        variants[name] = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
+        variants[name] = {**common, **parse_pairs(pairs)}
     files = prepare(os.path.abspath(args.data), args.workdir, args.valid_lines)
 
     def run(item):
