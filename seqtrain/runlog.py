@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import struct
 
 from seqtrain.errors import SeqtrainError
 
@@ -82,6 +83,33 @@ class MetricsWriter:
                 if name != "step":
                     tf.summary.write(f"{kind}/{name}", tf.constant(float(value)), metadata=metadata)
         self.summary_writer.flush()
+
+
+    def write_images(self, step: int, images) -> None:
+        """(tag, PNG bytes) pairs as TensorBoard image summaries; nothing without a writer."""
+        if self.summary_writer is None or not images:
+            return
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        # What tensorboard's image summary writes: [width, height, PNG] strings, "images" plugin.
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"),
+            data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE,
+        )
+        with self.summary_writer.as_default(step=int(step)):
+            for tag, png in images:
+                width, height = png_size(png)
+                value = tf.constant([str(width).encode(), str(height).encode(), png])
+                tf.summary.write(tag, value, metadata=metadata)
+        self.summary_writer.flush()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR header."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return struct.unpack(">II", png[16:24])
 
 
 def read_records(path: str) -> list[dict]:
