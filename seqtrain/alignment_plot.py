@@ -90,7 +90,9 @@ def merge_matrix(
     return summed / np.maximum(target_one_hot.sum(axis=0), 1.0)[:, None]
 
 
-def alignment_pictures(config, model, pairs, gold=None, batch_size: int = 32) -> list:
+def alignment_pictures(
+    config, model, pairs, gold=None, batch_size: int = 32, line_numbers=None
+) -> list:
     """``AlignmentPicture`` of each (source line, target line) pair of raw text.
 
     The attention is ``decoding.forced_decoding``'s (the reference teacher-forced, no dropout);
@@ -98,9 +100,11 @@ def alignment_pictures(config, model, pairs, gold=None, batch_size: int = 32) ->
     are the whitespace words, the matrix is merged by ``merge_matrix`` and the links by
     ``translate.merge_to_words`` (as translate and the dev AER do). gold: (sure, possible) link
     sets per pair at that level, or None. Raises SeqtrainError for an empty side or a gold link
-    out of range, before any picture is returned.
+    out of range, before any picture is returned; line_numbers (default 1, 2, …) name the
+    pairs in its message.
     """
     words = config.data.alignment_level == "words"
+    lines = line_numbers or range(1, len(pairs) + 1)
     src_tok, tgt_tok, src_vocab, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
     units = []
     for k, (source, target) in enumerate(pairs):
@@ -109,9 +113,9 @@ def alignment_pictures(config, model, pairs, gold=None, batch_size: int = 32) ->
                 tgt_tok, target, words
             )
         except ValueError as e:
-            raise SeqtrainError(f"pair {k + 1}: {e}") from e
+            raise SeqtrainError(f"line {lines[k]}: {e}") from e
         if not (source_side[0] and target_side[0]):
-            raise SeqtrainError(f"pair {k + 1}: empty source or target; nothing to draw")
+            raise SeqtrainError(f"line {lines[k]}: empty source or target; nothing to draw")
         units.append((source_side, target_side))
     pictures = []
     for start in range(0, len(units), batch_size):
@@ -122,7 +126,7 @@ def alignment_pictures(config, model, pairs, gold=None, batch_size: int = 32) ->
             k = start + row
             picture = _picture(attention[row].numpy(), source_side, target_side, pairs[k], words)
             if gold is not None:
-                picture.sure, picture.possible = _checked_gold(gold[k], picture, k)
+                picture.sure, picture.possible = _checked_gold(gold[k], picture, lines[k])
             pictures.append(picture)
     return pictures
 
@@ -149,13 +153,13 @@ def _picture(attention, source_side, target_side, pair, words: bool) -> Alignmen
     )
 
 
-def _checked_gold(gold, picture: AlignmentPicture, k: int):
+def _checked_gold(gold, picture: AlignmentPicture, line: int):
     sure, possible = (set(links) for links in gold)
     size = (len(picture.source_labels), len(picture.target_labels))
     for s, t in sorted(sure | possible):
         if s >= size[0] or t >= size[1]:
             raise SeqtrainError(
-                f"gold links of pair {k + 1}: {s}-{t} is out of range for {size[0]} source and "
+                f"gold links of line {line}: {s}-{t} is out of range for {size[0]} source and "
                 f"{size[1]} target units; is the gold file for these sentences and this "
                 "data.alignment_level?"
             )
@@ -207,7 +211,7 @@ def figure_inches(picture: AlignmentPicture) -> tuple[float, float]:
     source_chars = max(map(len, picture.source_labels), default=1)
     target_chars = max(map(len, picture.target_labels), default=1)
     width = CELL_INCHES * columns + CHAR_INCHES * target_chars + 1.6
-    height = CELL_INCHES * rows + CHAR_INCHES * source_chars + 1.8
+    height = CELL_INCHES * rows + CHAR_INCHES * source_chars + 1.4
     return max(width, 4.0), max(height, 3.0)
 
 
@@ -256,6 +260,8 @@ def plot_command(
     """``seqtrain plot-alignment``: OUTPUT_DIR/0001.png … (numbered by line) for the first
     lines of the given files, or of the dev set (data.eval_*) by default. Returns the paths."""
     d = config.data
+    if first is not None and first < 1:
+        raise SeqtrainError(f"--first {first}: give a positive number of lines (0 = all)")
     if bool(features_file) != bool(labels_file):
         raise SeqtrainError("give both --features_file and --labels_file (or neither: dev set)")
     if not features_file:
@@ -269,7 +275,7 @@ def plot_command(
     require_matplotlib()  # fail before the model is loaded
     numbers, pairs, gold = read_pairs(features_file, labels_file, alignments_file, first)
     model, path = restore_model(config, checkpoint_path)
-    pictures = alignment_pictures(config, model, pairs, gold, config.infer.batch_size)
+    pictures = alignment_pictures(config, model, pairs, gold, config.infer.batch_size, numbers)
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for number, picture in zip(numbers, pictures):

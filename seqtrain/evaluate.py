@@ -254,7 +254,9 @@ class Evaluator:
         if not self._image_pairs:
             return []
         numbers, pairs, gold = self._image_pairs
-        pictures = alignment_plot.alignment_pictures(self.config, self.model, pairs, gold)
+        pictures = alignment_plot.alignment_pictures(
+            self.config, self.model, pairs, gold, line_numbers=numbers
+        )
         return [
             (f"alignment/dev_line_{n:04d}", alignment_plot.render(p, title=f"step {step}"))
             for n, p in zip(numbers, pictures)

@@ -132,11 +132,12 @@ def test_marks_classify_gold_links():
     }
 
 
-def test_plot_alignment_command_writes_pngs_sized_by_the_lengths(trained, tmp_path):
+def test_plot_alignment_command_writes_pngs_sized_by_the_lengths(trained, tmp_path, capsys):
     _, path, paths = trained
     out = tmp_path / "pictures"
     proc = run_cli("plot-alignment", "--config", path, "--first", "3", "--output_dir", str(out))
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"3 pictures in {out}\n"
     assert sorted(os.listdir(out)) == ["0001.png", "0002.png", "0003.png"]  # dev set by default
     sources = list(read_text_lines(paths["dev.src"]))
     for k in range(3):
@@ -147,13 +148,15 @@ def test_plot_alignment_command_writes_pngs_sized_by_the_lengths(trained, tmp_pa
         assert max(300, 30 * rows) <= height <= 30 * rows + 600
     # Other files: their own gold, the first N lines only.
     write_lines(tmp_path / "bad.align", ["0-0", "0-99"])
-    proc = run_cli(
+    status = cli.main([
         "plot-alignment", "--config", path, "--features_file", paths["dev.src"],
         "--labels_file", paths["dev.tgt"], "--alignments", str(tmp_path / "bad.align"),
         "--first", "2", "--output_dir", str(tmp_path / "bad"),
-    )  # fmt: skip
-    assert proc.returncode == 2 and "0-99 is out of range" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
+    ])  # fmt: skip
+    stderr = capsys.readouterr().err
+    n = len(sources[1].split())
+    assert status == 2 and f"line 2: 0-99 is out of range for {n} source and {n} target" in stderr
+    assert not (tmp_path / "bad").exists()  # checked before anything is drawn
 
 
 def test_tensorboard_images_at_each_evaluation(trained):

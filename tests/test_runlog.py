@@ -31,7 +31,11 @@ def test_without_evaluations_one_panel_with_the_learning_rate_on_a_second_axis()
     }
     assert curves(rate) == {"learning rate": ([10, 20, 30, 40], [1e-3, 2e-3, 3e-3, 4e-3])}
     assert rate.get_ylabel() == "learning rate"
-    assert {t.get_text() for t in losses.get_legend().get_texts()} == {"loss", "ce", "learning rate"}
+    assert {t.get_text() for t in losses.get_legend().get_texts()} == {
+        "loss",
+        "ce",
+        "learning rate",
+    }
 
 
 def test_with_evaluations_dev_metrics_at_their_steps():
