@@ -109,9 +109,8 @@ def alignment_pictures(
     units = []
     for k, (source, target) in enumerate(pairs):
         try:
-            source_side, target_side = _split(src_tok, source, words), _split(
-                tgt_tok, target, words
-            )
+            source_side = _split(src_tok, source, words)
+            target_side = _split(tgt_tok, target, words)
         except ValueError as e:
             raise SeqtrainError(f"line {lines[k]}: {e}") from e
         if not (source_side[0] and target_side[0]):
