@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_corpus, run_cli, tiny_config, write_config, write_lines
+from conftest import make_corpus, tiny_config, write_config, write_lines
 
 from seqtrain import alignment_plot, cli, decoding
 from seqtrain import config as cfg
@@ -135,9 +135,10 @@ def test_marks_classify_gold_links():
 def test_plot_alignment_command_writes_pngs_sized_by_the_lengths(trained, tmp_path, capsys):
     _, path, paths = trained
     out = tmp_path / "pictures"
-    proc = run_cli("plot-alignment", "--config", path, "--first", "3", "--output_dir", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == f"3 pictures in {out}\n"
+    status = cli.main(
+        ["plot-alignment", "--config", path, "--first", "3", "--output_dir", str(out)]
+    )
+    assert status == 0 and capsys.readouterr().out == f"3 pictures in {out}\n"
     assert sorted(os.listdir(out)) == ["0001.png", "0002.png", "0003.png"]  # dev set by default
     sources = list(read_text_lines(paths["dev.src"]))
     for k in range(3):
