@@ -7,15 +7,17 @@ import sys
 
 import numpy as np
 import pytest
+import sentencepiece
 import tensorflow as tf
-from conftest import make_corpus, tiny_config, write_config, write_lines
+from conftest import TOY, make_corpus, tiny_config, write_config, write_lines
 
 from seqtrain import alignment_plot, cli, decoding
 from seqtrain import config as cfg
 from seqtrain.alignment_plot import AlignmentPicture
+from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import restore_model
-from seqtrain.vocab import Vocab, read_text_lines
+from seqtrain.vocab import Vocab, read_text_lines, train_sentencepiece
 
 DEV_LINES = 6  # the pairs drawn in these tests (the toy dev lines have 2 to 9 words)
 
@@ -49,9 +51,10 @@ def trained(tmp_path_factory):
 
 
 def forced_pair(model, config, source, target):
-    """Forced-decoding attention [n, m] of one pair alone (no padding) and its argmax links."""
-    source_ids = Vocab.load(config.data.source_vocabulary).ids(source.split())
-    target_ids = Vocab.load(config.data.target_vocabulary).ids(target.split())
+    """Forced-decoding attention [n, m] of one pair of token lists alone (no padding) and its
+    argmax links (s, t)."""
+    source_ids = Vocab.load(config.data.source_vocabulary).ids(source)
+    target_ids = Vocab.load(config.data.target_vocabulary).ids(target)
     batch = {
         "source_ids": tf.constant([source_ids]),
         "source_length": tf.constant([len(source_ids)]),
@@ -78,7 +81,7 @@ def test_picture_data_is_the_models_attention_and_links(trained):
     )
     assert len(pictures) == DEV_LINES
     for picture, source, target, (sure, _) in zip(pictures, sources, targets, gold):
-        matrix, links = forced_pair(model, config, source, target)
+        matrix, links = forced_pair(model, config, source.split(), target.split())
         assert picture.matrix.shape == (len(target.split()), len(source.split()))
         np.testing.assert_allclose(picture.matrix, matrix, atol=1e-5)
         np.testing.assert_allclose(picture.matrix.sum(axis=1), 1.0, atol=1e-5)  # no pad column
@@ -116,6 +119,40 @@ def test_word_level_picture_merges_matrix_and_links(monkeypatch):
     assert picture.source_labels == ["abc", "d"] and picture.target_labels == ["x", "yz"]
     np.testing.assert_allclose(picture.matrix, [[0.9, 0.1], [0.45, 0.55]], atol=1e-6)
     assert picture.links == {(0, 0), (1, 1), (0, 1)}
+
+
+def test_word_level_pictures_with_sentencepiece(tmp_path):
+    """Words level: the piece attention of each pair, merged to the raw words."""
+    sp_model, sp_vocab = train_sentencepiece(
+        [os.path.join(TOY, "dev.src"), os.path.join(TOY, "dev.tgt")], str(tmp_path / "sp"), 150
+    )
+    shared = {"source_vocabulary": sp_vocab, "target_vocabulary": sp_vocab}
+    raw = {
+        "model_dir": str(tmp_path / "model"),
+        "data": {**shared, "source_tokenization": sp_model, "target_tokenization": sp_model,
+                 "alignment_level": "words"},
+        "model": {"num_layers": 1, "num_units": 16, "num_heads": 2, "ffn_inner_dim": 32},
+    }  # fmt: skip
+    config = cfg.build(raw, "test")
+    model = build_model(config)  # untrained (seeded): the data path does not need training
+    sp = sentencepiece.SentencePieceProcessor(model_file=sp_model)
+    sources = list(read_text_lines(os.path.join(TOY, "dev.src")))[:3]
+    targets = list(read_text_lines(os.path.join(TOY, "dev.tgt")))[:3]
+    pairs = list(zip(sources, targets))
+    pictures = alignment_plot.alignment_pictures(config, model, pairs)
+    split_words = 0
+    for picture, (source, target) in zip(pictures, pairs):
+        pieces = [sp.encode(line, out_type=str) for line in (source, target)]
+        # "▁" opens a word: the word of each piece, counted here apart from the tokenizer.
+        words = [list(np.cumsum([p.startswith("▁") for p in side]) - 1) for side in pieces]
+        split_words += len(pieces[0]) - len(source.split()) + len(pieces[1]) - len(target.split())
+        matrix, links = forced_pair(model, config, *pieces)
+        assert picture.source_labels == source.split() and picture.target_labels == target.split()
+        np.testing.assert_allclose(
+            picture.matrix, alignment_plot.merge_matrix(matrix, *words), atol=1e-5
+        )
+        assert picture.links == {(words[0][s], words[1][t]) for s, t in links}
+    assert split_words > 0  # some words are several pieces: the merge is not the identity
 
 
 def test_marks_classify_gold_links():
