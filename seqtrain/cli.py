@@ -107,6 +107,22 @@ def cmd_translate(args) -> None:
     )
 
 
+def cmd_plot_alignment(args) -> None:
+    config = _load(args, "infer")
+    from seqtrain import alignment_plot
+
+    paths = alignment_plot.plot_command(
+        config,
+        args.output_dir,
+        features_file=args.features_file,
+        labels_file=args.labels_file,
+        alignments_file=args.alignments,
+        first=args.first or None,
+        checkpoint_path=args.checkpoint_path,
+    )
+    print(f"{len(paths)} pictures in {args.output_dir}")
+
+
 def cmd_average(args) -> None:
     config = _load(args)
     from seqtrain import checkpoints
@@ -218,6 +234,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--with_scores", action="store_true")
     p.add_argument("--n_best", type=int)
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("plot-alignment", help="heatmaps of the guided head, one PNG per pair")
+    _add_config(p)
+    p.add_argument("--features_file", help="default: data.eval_features_file")
+    p.add_argument("--labels_file", help="default: data.eval_labels_file")
+    p.add_argument("--alignments", help="gold Pharaoh file (default with the dev set: eval's)")
+    p.add_argument("--first", type=int, default=10, help="first N lines (0 = all)")
+    p.add_argument("--output_dir", required=True, help="OUTPUT_DIR/0001.png … (line numbers)")
+    p.add_argument("--checkpoint_path")
+    p.set_defaults(func=cmd_plot_alignment)
 
     p = sub.add_parser("average-checkpoints", help="average the last checkpoints' weights")
     _add_config(p)

@@ -135,6 +135,7 @@ class EvalConfig:
     scorers: tuple[str, ...] = ("bleu",)  # bleu, chrf (sacrebleu on detokenized text)
     early_stopping: Optional[EarlyStopping] = None  # {metric, min_improvement, steps}
     export_on_best: Optional[str] = None  # metric whose best value exports a SavedModel
+    alignment_images: int = _opt(3, minimum=0)  # first dev pairs drawn to TensorBoard, 0 = off
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from seqtrain import aer, alignment, data, decoding, losses
+from seqtrain import aer, alignment, alignment_plot, data, decoding, losses
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import export_model, restore_model
 from seqtrain.translate import TargetText, Translator, merge_to_words, tokenize_lines
@@ -159,6 +159,7 @@ class Evaluator:
             self._translator = Translator(model, config.params, config.eval.batch_size)
         _, tgt_tok, _, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
         self._target = TargetText(tgt_tok, tgt_vocab)
+        self._image_pairs = self._pairs_to_draw() if keep_best and chief else None
 
     @classmethod
     def for_training(cls, config, model, chief: bool = True) -> Evaluator | None:
@@ -233,6 +234,33 @@ class Evaluator:
                     pairs = merge_to_words(pairs, es.source_words[index], es.target_words[index])
                 links[index] = set(pairs)
         return ce_total, tokens_total, links
+
+    def _pairs_to_draw(self):
+        """read_pairs of the first eval.alignment_images dev lines, or None (off/no matplotlib)."""
+        d, count = self.config.data, self.config.eval.alignment_images
+        if not count:
+            return None
+        try:
+            alignment_plot.require_matplotlib()
+        except SeqtrainError as e:
+            logger.warning("%s; no alignment images in TensorBoard (eval.alignment_images)", e)
+            return None
+        return alignment_plot.read_pairs(
+            d.eval_features_file, d.eval_labels_file, d.eval_alignments, count
+        )
+
+    def alignment_images(self, step: int) -> list[tuple[str, bytes]]:
+        """(tag, PNG) per drawn dev line for TensorBoard; [] when off or not the chief."""
+        if not self._image_pairs:
+            return []
+        numbers, pairs, gold = self._image_pairs
+        pictures = alignment_plot.alignment_pictures(
+            self.config, self.model, pairs, gold, line_numbers=numbers
+        )
+        return [
+            (f"alignment/dev_line_{n:04d}", alignment_plot.render(p, title=f"step {step}"))
+            for n, p in zip(numbers, pictures)
+        ]
 
     def _previous_best(self):
         """The best value of an earlier run in this model_dir (resumed training), or None."""

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import struct
 
 from seqtrain.errors import SeqtrainError
 
@@ -82,6 +83,32 @@ class MetricsWriter:
                 if name != "step":
                     tf.summary.write(f"{kind}/{name}", tf.constant(float(value)), metadata=metadata)
         self.summary_writer.flush()
+
+    def write_images(self, step: int, images) -> None:
+        """(tag, PNG bytes) pairs as TensorBoard image summaries; nothing without a writer."""
+        if self.summary_writer is None or not images:
+            return
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        # What tensorboard's image summary writes: [width, height, PNG] strings, "images" plugin.
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"),
+            data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE,
+        )
+        with self.summary_writer.as_default(step=int(step)):
+            for tag, png in images:
+                width, height = png_size(png)
+                value = tf.constant([str(width).encode(), str(height).encode(), png])
+                tf.summary.write(tag, value, metadata=metadata)
+        self.summary_writer.flush()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR header."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return struct.unpack(">II", png[16:24])
 
 
 def read_records(path: str) -> list[dict]:
@@ -162,35 +189,53 @@ def _cell(name: str, value) -> str:
 
 
 def plot(path: str, output: str) -> None:
-    """Loss/CE/alignment curves (left) and eval metrics (right) to a PNG."""
-    try:
-        import matplotlib
+    """The curves of ``figure`` to a PNG."""
+    figure(read_records(path)).savefig(output, dpi=100)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def figure(records: list[dict]):
+    """A matplotlib Figure: train losses with the dev loss, the learning rate on a secondary
+    axis (left), and the dev metrics in percent at their evaluation steps (right; drawn only
+    when the run has evaluations)."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global state
     except ImportError as e:
-        raise SeqtrainError("--plot needs matplotlib: pip install 'seqtrain[plot]'") from e
-    records = read_records(path)
+        raise SeqtrainError('--plot needs matplotlib: pip install -e ".[plot]"') from e
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if not (train or evals):
+        raise SeqtrainError("no training reports or evaluations to plot")
+    eval_names = [n for n in _eval_names(evals) if n not in ("loss", "perplexity")]
+    fig = Figure(figsize=(11 if eval_names else 6, 4), layout="constrained")
+    left = fig.add_subplot(1, 2 if eval_names else 1, 1)
     for name in ("loss", "ce", "alignment"):
-        points = [(r["step"], r[name]) for r in train if name in r]
-        if points:
-            left.plot(*zip(*points), label=name)
-    points = [(r["step"], r["loss"]) for r in evals if "loss" in r]
-    if points:
-        left.plot(*zip(*points), marker="o", label="dev loss")
+        _curve(left, train, name, name)
+    _curve(left, evals, "loss", "dev loss", marker="o")
     left.set_xlabel("step")
     left.set_title("losses")
-    left.legend()
-    eval_names = [n for n in _eval_names(evals) if n not in ("loss", "perplexity")]
-    for name in eval_names:
-        points = [(r["step"], r[name]) for r in evals if name in r]
-        right.plot(*zip(*points), marker="o", label=name)
-    right.set_xlabel("step")
-    right.set_title("dev set (%)")
+    handles, labels = left.get_legend_handles_labels()
+    if any("learning_rate" in r for r in train):
+        rate = left.twinx()
+        _curve(rate, train, "learning_rate", "learning rate", color="grey", ls="--")
+        rate.set_ylabel("learning rate")
+        rate.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        more = rate.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    left.legend(handles, labels)
     if eval_names:
+        right = fig.add_subplot(1, 2, 2)
+        for name in eval_names:
+            _curve(right, evals, name, name, marker="o")
+        steps = sorted({r["step"] for r in evals})
+        if len(steps) <= 12:
+            right.set_xticks(steps)  # the evaluation steps themselves
+        right.set_xlabel("step")
+        right.set_title("dev set (%)")
         right.legend()
-    fig.tight_layout()
-    fig.savefig(output, dpi=100)
+    return fig
+
+
+def _curve(ax, records, name, label, **style) -> None:
+    points = [(r["step"], r[name]) for r in records if name in r]
+    if points:
+        ax.plot(*zip(*points), label=label, **style)

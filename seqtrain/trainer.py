@@ -352,6 +352,7 @@ def _loop(config, trainer, batches, accum, saver, writer, evaluator) -> None:
         if evaluator and step % config.eval.steps == 0:
             metrics = evaluator(step)
             writer.write("eval", step, metrics, runlog.format_eval_line(step, metrics))
+            writer.write_images(step, evaluator.alignment_images(step))
             if evaluator.should_stop():
                 logger.info("Early stopping at step %d: %s", step, evaluator.stop_reason)
                 if last_saved != step:

@@ -20,6 +20,7 @@ STAGES = [
     {"decoding"},
     {"export"},
     {"translate"},
+    {"alignment_plot"},
     {"evaluate"},
     {"trainer"},
     {"cli"},
