@@ -109,15 +109,10 @@ def run_seqtrain(seed: int, data, s, args) -> dict:
     summary = seqtrain_bench.train(run, s)
     predictions = os.path.join(run_dir, "test.out")
     seqtrain_bench.translate(run, data.test_source, predictions)
-    with open(run["configs"][0], encoding="utf-8") as f:
+    # The resolved configuration seqtrain saved (defaults filled in): the limit it applied.
+    with open(os.path.join(run["model_dir"], "config.yml"), encoding="utf-8") as f:
         params = yaml.safe_load(f)["params"]
-    from seqtrain.config import ParamsConfig  # no TensorFlow import: defaults only
-
-    defaults = ParamsConfig()
-    guard = (
-        params.get("maximum_decoding_length_factor", defaults.maximum_decoding_length_factor),
-        params.get("maximum_decoding_length_offset", defaults.maximum_decoding_length_offset),
-    )
+    guard = (params["maximum_decoding_length_factor"], params["maximum_decoding_length_offset"])
     records = benchlib.read_metrics_jsonl(os.path.join(run["model_dir"], "metrics.jsonl"))
     return {"predictions": predictions, "records": records, "guard": guard, "train": summary}
 
