@@ -100,38 +100,44 @@ def settings(args) -> benchlib.TrainSettings:
 
 
 def run_seqtrain(seed: int, data, s, args) -> dict:
-    """Trains and translates with seqtrain; returns predictions, losses and its length guard."""
-    overrides = seqtrain_bench.merge(
-        {"train": {"seed": seed}}, seqtrain_bench.parse_overrides(args.seqtrain_set)
-    )
+    """Trains and translates with seqtrain (``--reuse``: a finished run is only re-scored);
+    returns predictions, per-step losses and the length limit it applied."""
     run_dir = os.path.join(args.workdir, "quality", f"seqtrain-seed{seed}")
-    run = seqtrain_bench.prepare_run(run_dir, data, s, overrides)
-    summary = seqtrain_bench.train(run, s)
+    model_dir = os.path.join(run_dir, "model")
     predictions = os.path.join(run_dir, "test.out")
-    seqtrain_bench.translate(run, data.test_source, predictions)
+    summary = {}
+    if not (args.reuse and os.path.exists(predictions)):
+        overrides = seqtrain_bench.merge(
+            {"train": {"seed": seed}}, seqtrain_bench.parse_overrides(args.seqtrain_set)
+        )
+        run = seqtrain_bench.prepare_run(run_dir, data, s, overrides)
+        summary = seqtrain_bench.train(run, s)
+        seqtrain_bench.translate(run, data.test_source, predictions)
     # The resolved configuration seqtrain saved (defaults filled in): the limit it applied.
-    with open(os.path.join(run["model_dir"], "config.yml"), encoding="utf-8") as f:
+    with open(os.path.join(model_dir, "config.yml"), encoding="utf-8") as f:
         params = yaml.safe_load(f)["params"]
     guard = (params["maximum_decoding_length_factor"], params["maximum_decoding_length_offset"])
-    records = benchlib.read_metrics_jsonl(os.path.join(run["model_dir"], "metrics.jsonl"))
+    records = benchlib.read_metrics_jsonl(os.path.join(model_dir, "metrics.jsonl"))
     return {"predictions": predictions, "records": records, "guard": guard, "train": summary}
 
 
 def run_opennmt(seed: int, data, s, args) -> dict:
-    """Trains (``onmt-main --seed``) and translates with OpenNMT-tf in its own venv."""
-    onmt_main = opennmt_baseline.ensure_venv(args.venv)
-    run = opennmt_baseline.prepare_run(
-        os.path.join(args.workdir, "quality", f"opennmt-seed{seed}"), data, s
-    )
-    cmd = [onmt_main, "--model", run["model"], "--config", run["config"], "--seed", str(seed)]
-    log = os.path.join(run["run_dir"], "train.log")
-    result = benchlib.run_measured(cmd + ["train"], log)
-    benchlib.check(result, "OpenNMT-tf training")
+    """Trains (``onmt-main --seed``) and translates with OpenNMT-tf in its own venv
+    (``--reuse``: a finished run is only re-scored)."""
+    run_dir = os.path.join(args.workdir, "quality", f"opennmt-seed{seed}")
+    log = os.path.join(run_dir, "train.log")
+    predictions = os.path.join(run_dir, "test.out")
+    summary = {}
+    if not (args.reuse and os.path.exists(predictions)):
+        onmt_main = opennmt_baseline.ensure_venv(args.venv)
+        run = opennmt_baseline.prepare_run(run_dir, data, s)
+        cmd = [onmt_main, "--model", run["model"], "--config", run["config"], "--seed", str(seed)]
+        result = benchlib.run_measured(cmd + ["train"], log)
+        benchlib.check(result, "OpenNMT-tf training")
+        opennmt_baseline.translate(onmt_main, run, data.test_source, predictions)
+        summary = {"wall_s": result.wall_s}
     with open(log, encoding="utf-8", errors="replace") as f:
         records = benchlib.parse_log_lines(f.read())
-    predictions = os.path.join(run["run_dir"], "test.out")
-    opennmt_baseline.translate(onmt_main, run, data.test_source, predictions)
-    summary = benchlib.summarize_run(result, records, skip_steps=s.skip_steps)
     return {"predictions": predictions, "records": records, "guard": None, "train": summary}
 
 
@@ -163,7 +169,7 @@ def score(predictions: str, reference: str, source: str, cap: int, guard) -> dic
 def losses(records: list[dict]) -> dict:
     """Mean per-step loss of the LOSS_WINDOW steps ending at each of LOSS_STEPS (``loss@N``)
     and at the last step (``final_loss``)."""
-    by_step = {r["step"]: r["loss"] for r in records}
+    by_step = {int(r["step"]): r["loss"] for r in records}
     last = max(by_step, default=0)
     out = {}
     for name, step in [(f"loss@{n}", n) for n in LOSS_STEPS] + [("final_loss", last)]:
@@ -228,6 +234,11 @@ def main() -> None:
     parser.add_argument("--seqtrain-set", action="append", default=[], metavar="KEY=VALUE",
                         help="seqtrain config override, e.g. "
                         "params.maximum_decoding_length_factor=null")  # fmt: skip
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="re-score runs that already have predictions instead of rerunning",
+    )
     parser.add_argument("--json", help="write the per-run figures here too")
     args = parser.parse_args()
     data, reference = prepare_data(args)
