@@ -47,7 +47,9 @@ def set_decoding_length(config_path: str, length: int, seqtrain: bool) -> None:
         config = yaml.safe_load(f)
     config["params"]["maximum_decoding_length"] = length
     config["params"]["beam_width"] = 4
-    if not seqtrain:
+    if seqtrain:  # the hard cap alone: no relative length limit, equal work for both
+        config["params"]["maximum_decoding_length_factor"] = None
+    else:
         config["params"]["minimum_decoding_length"] = length
     with open(config_path, "w", encoding="utf-8") as f:
         yaml.safe_dump(config, f, sort_keys=False)

@@ -73,6 +73,7 @@ def train_model(name, work, steps, shape):
             "guided_alignment_type": "ce",
             "guided_alignment_normalization": "aligned_tokens",
             "maximum_decoding_length": 100,
+            "maximum_decoding_length_factor": None,  # timings of the hard cap, as before
         },
         "train": {"batch_size": 2048, "max_step": steps, "save_checkpoints_steps": steps,
                   "save_summary_steps": 50, "length_bucket_width": 2},

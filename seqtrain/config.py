@@ -101,6 +101,10 @@ class ParamsConfig:
     beam_width: int = _opt(4, minimum=1)  # 1 = greedy decoding
     length_penalty: float = _opt(0.6, minimum=0.0)  # GNMT alpha for beam search (0 = off)
     maximum_decoding_length: int = _opt(250, minimum=1)  # hard cap on output tokens
+    maximum_decoding_length_factor: Optional[float] = _opt(2.0, minimum=0.0)  # relative cap:
+    # at most factor * S + offset output tokens for S source tokens (Marian's
+    # --max-length-factor, fairseq's --max-len-a/b); null = maximum_decoding_length only
+    maximum_decoding_length_offset: int = _opt(10, minimum=0)  # added to factor * S
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ Conventions (both searches):
     hypothesis; a hypothesis that never emits it is cut at ``maximum_length`` tokens; greedy
     search stops when every hypothesis has ended, beam search when every sentence's n best
     beams have (see ``beam_search``);
+  * ``maximum_length`` is an int32 scalar, or an int32 [B] limit per sentence (``length_limits``:
+    the relative cap of params.maximum_decoding_length_factor/offset); a hypothesis was cut at
+    its limit exactly when its length equals the limit (``cut_at_limit``): one that ends emits
+    ``</s>`` within the limit, so it has fewer tokens;
   * ``ids`` hold the output tokens without ``<s>`` and without ``</s>``, then PAD (0);
     ``lengths`` count those tokens;
   * a score is the sum of the token log-probabilities, ``</s>``'s included; beam search divides
@@ -44,17 +48,44 @@ class DecodingResult(NamedTuple):
     attention: tf.Tensor  # float32 [B, N, L, S]
 
 
+def length_limits(source_length, maximum_length, factor=None, offset=0):
+    """Per-sentence output limits: min(maximum_length, floor(factor * S) + offset), at least 1.
+
+    Args:
+      source_length: int32 [B] source tokens S; maximum_length: the hard cap (int);
+      factor: float, or None for the hard cap alone; offset: int added to factor * S.
+
+    Returns:
+      int32 [B].
+    """
+    hard = tf.fill(tf.shape(source_length), tf.cast(maximum_length, tf.int32))
+    if factor is None:
+        return hard
+    relative = tf.cast(tf.math.floor(factor * tf.cast(source_length, tf.float32)), tf.int32)
+    return tf.maximum(tf.minimum(hard, relative + offset), 1)
+
+
+def cut_at_limit(lengths, maximum_length):
+    """bool [B, N]: hypotheses (``DecodingResult.lengths`` [B, N]) cut at their length limit
+    (``maximum_length`` scalar or [B]) instead of ending with ``</s>``."""
+    limits = tf.cast(maximum_length, tf.int32)
+    if limits.shape.rank:
+        limits = limits[:, tf.newaxis]
+    return lengths >= limits
+
+
 def greedy_search(model, source_ids, source_length, maximum_length):
     """Greedy decoding: the argmax token at each step.
 
     Args:
       model: incremental decoding API (see the module docstring).
-      source_ids: int32 [B, S]; source_length: int32 [B]; maximum_length: int scalar.
+      source_ids: int32 [B, S]; source_length: int32 [B]; maximum_length: int32 scalar or [B].
 
     Returns:
       ``DecodingResult`` with N = 1; scores are plain sums of log-probabilities.
     """
     batch, source_len = tf.shape(source_ids)[0], tf.shape(source_ids)[1]
+    limits = tf.broadcast_to(tf.cast(maximum_length, tf.int32), [batch])
     memory, memory_mask = model.encode(source_ids, source_length)
     cache = model.initial_cache(memory, memory_mask)
     state = {
@@ -73,20 +104,22 @@ def greedy_search(model, source_ids, source_length, maximum_length):
         log_probs = tf.nn.log_softmax(logits)
         tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         token_scores = tf.gather(log_probs, tokens, batch_dims=1)
-        finished = tf.logical_or(state["finished"], tf.equal(tokens, EOS_ID))
+        ended = tf.logical_or(state["finished"], tf.equal(tokens, EOS_ID))
+        # A sentence whose limit is reached is finished too (cut; this token counts).
+        finished = tf.logical_or(ended, state["step"] + 1 >= limits)
         return {
             "step": state["step"] + 1,
             "inputs": tokens,
             "cache": cache,
             "finished": finished,
             # A token counts if its sentence was open and it is not </s>.
-            "lengths": state["lengths"] + tf.cast(tf.logical_not(finished), tf.int32),
+            "lengths": state["lengths"] + tf.cast(tf.logical_not(ended), tf.int32),
             "scores": state["scores"] + tf.where(state["finished"], 0.0, token_scores),
             "ids": tf.concat([state["ids"], tokens[:, tf.newaxis]], axis=1),
             "attention": tf.concat([state["attention"], attention[:, tf.newaxis]], axis=1),
         }
 
-    state = _decode_loop(model, state, step_fn, maximum_length)
+    state = _decode_loop(model, state, step_fn, limits)
     ids, lengths = state["ids"][:, tf.newaxis], state["lengths"][:, tf.newaxis]
     attention = state["attention"][:, tf.newaxis]
     if not model.incremental_alignment:
@@ -119,7 +152,8 @@ def beam_search(
 
     Args:
       model: incremental decoding API; source_ids int32 [B, S]; source_length int32 [B].
-      beam_width: K (python int); length_penalty: alpha (python float); maximum_length: scalar;
+      beam_width: K (python int); length_penalty: alpha (python float); maximum_length: int32
+        scalar or [B] (a sentence is done, its beams frozen, once its limit is reached);
       n_best: N <= K hypotheses returned per sentence.
 
     Returns:
@@ -132,6 +166,7 @@ def beam_search(
             "lower n_best or raise beam_width"
         )
     batch, source_len, k = tf.shape(source_ids)[0], tf.shape(source_ids)[1], beam_width
+    limits = tf.broadcast_to(tf.cast(maximum_length, tf.int32), [batch])
     memory, memory_mask = model.encode(source_ids, source_length)
     cache = model.initial_cache(memory, memory_mask)
     # Beams are rows b*K .. b*K+K-1 of the flattened [B*K] batch.
@@ -152,8 +187,8 @@ def beam_search(
     state = _decode_loop(
         model,
         state,
-        lambda state: _beam_step(model, state, batch, k, length_penalty, n_best),
-        maximum_length,
+        lambda state: _beam_step(model, state, batch, k, length_penalty, n_best, limits),
+        limits,
         done_key="done",
     )
     scores = state["log_probs"] / length_penalty_factor(state["generated"], length_penalty)
@@ -190,12 +225,12 @@ def forced_alignment(model, memory, memory_mask, ids, lengths):
     return tf.reshape(attention[:, :length], [batch, n, length, tf.shape(memory)[1]])
 
 
-def _beam_step(model, state, batch, k, alpha, n_best):
+def _beam_step(model, state, batch, k, alpha, n_best, limits):
     """One beam-search step on the loop state (see ``beam_search``).
 
     Beams of finished hypotheses and all beams of done sentences are frozen: their only
     candidate is ``</s>`` at log-probability 0 with the length unchanged, so they keep their
-    score (and, being sorted already, their order).
+    score (and, being sorted already, their order). limits: int32 [B] output length limits.
     """
     step, finished = state["step"], state["finished"]
     frozen = tf.logical_or(finished, state["done"][:, tf.newaxis])  # [B, K]
@@ -226,7 +261,10 @@ def _beam_step(model, state, batch, k, alpha, n_best):
         "log_probs": tf.gather(tf.reshape(total, [batch, k * vocab]), top, batch_dims=1),
         "finished": finished,
         "generated": tf.gather(generated, parent, batch_dims=1),
-        "done": tf.logical_or(state["done"], tf.reduce_all(finished[:, :n_best], axis=1)),
+        "done": tf.reduce_any(
+            [state["done"], tf.reduce_all(finished[:, :n_best], axis=1), step + 1 >= limits],
+            axis=0,
+        ),
         "ids": tf.concat(
             [tf.gather(state["ids"], parent, batch_dims=1), tokens[:, :, tf.newaxis]], axis=2
         ),
@@ -234,9 +272,9 @@ def _beam_step(model, state, batch, k, alpha, n_best):
     }
 
 
-def _decode_loop(model, state, step_fn, maximum_length, done_key="finished"):
+def _decode_loop(model, state, step_fn, limits, done_key="finished"):
     """Apply ``step_fn`` to the state dict until ``state[done_key]`` (bool, any shape) is all
-    true or after ``maximum_length`` steps; a ``tf.while_loop`` in graph mode.
+    true or after max(``limits``) steps (int32 [B]); a ``tf.while_loop`` in graph mode.
 
     Shape invariants: the cache's come from the model; every other entry may change any
     dimension (batch, beams, and the time axis of ids/attention that grow by one per step).
@@ -250,7 +288,7 @@ def _decode_loop(model, state, step_fn, maximum_length, done_key="finished"):
 
     def cond(state):
         alive = tf.logical_not(tf.reduce_all(state[done_key]))
-        return tf.logical_and(state["step"] < maximum_length, alive)
+        return tf.logical_and(state["step"] < tf.reduce_max(limits), alive)
 
     # The loop variables are a 1-tuple holding the state dict (tf.while_loop wants a sequence).
     (state,) = tf.while_loop(
@@ -269,7 +307,7 @@ def _mask_result(ids, lengths, scores, attention):
 
 def compile_search(model, beam_width=1, length_penalty=0.0, n_best=1):
     """A ``tf.function`` f(source_ids int32 [B, S], source_length int32 [B], maximum_length
-    int32 scalar) -> ``DecodingResult``, traced once for any B and S.
+    int32 scalar or [B]) -> ``DecodingResult``, traced once for any B and S.
 
     beam_width 1 runs ``greedy_search`` (its scores carry no length penalty; with one beam the
     penalty changes no choice).
@@ -277,7 +315,7 @@ def compile_search(model, beam_width=1, length_penalty=0.0, n_best=1):
     signature = [
         tf.TensorSpec([None, None], tf.int32),
         tf.TensorSpec([None], tf.int32),
-        tf.TensorSpec([], tf.int32),
+        tf.TensorSpec(None, tf.int32),
     ]
 
     @tf.function(input_signature=signature)

@@ -23,7 +23,7 @@ import tensorflow as tf
 from seqtrain import aer, alignment, alignment_plot, data, decoding, losses
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import export_model, restore_model
-from seqtrain.translate import TargetText, Translator, merge_to_words, tokenize_lines
+from seqtrain.translate import TargetText, Translator, count_cut, merge_to_words, tokenize_lines
 from seqtrain.vocab import read_text_lines
 
 logger = logging.getLogger(__name__)
@@ -189,14 +189,17 @@ class Evaluator:
 
     def evaluate(self) -> dict[str, float]:
         """``loss`` (unsmoothed CE per target token, </s> included), ``perplexity`` = exp(loss),
-        then ``bleu``/``chrf`` (eval.scorers) and ``aer``/``precision``/``recall`` (gold set),
-        the last five in percent."""
+        then ``bleu``/``chrf`` (eval.scorers) with ``cut`` (how many of those translations the
+        length limit cut, see ``translate.count_cut``) and ``aer``/``precision``/``recall`` (gold
+        set); bleu, chrf and the alignment scores in percent."""
         ce_sum, tokens, links = self._forced()
         loss = ce_sum / tokens if tokens else math.nan
         metrics = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
         if self.scorers:
-            hypotheses, references = self.translations(), self.eval_set.references
+            hypotheses, cut = self._translate()
+            references = self.eval_set.references
             metrics.update(score_translations(hypotheses, references, self.scorers))
+            metrics["cut"] = float(cut)
         if links is not None:
             scores = aer.score(links, self.eval_set.sure, self.eval_set.possible)
             metrics.update({k: 100.0 * scores[k] for k in ("aer", "precision", "recall")})
@@ -204,9 +207,15 @@ class Evaluator:
 
     def translations(self) -> list[str]:
         """Detokenized 1-best translations of the dev sources, in file order."""
+        return self._translate()[0]
+
+    def _translate(self) -> tuple[list[str], int]:
+        """(1-best translations in file order, how many were cut at the length limit)."""
         corpus = self.eval_set.corpus
         sources = np.split(corpus.source_ids, corpus.source_splits[1:-1])
-        return [self._target.text(hyps[0].ids) for hyps in self._translator(sources)]
+        hypotheses = self._translator(sources)
+        cut = count_cut(hypotheses, self.config.params, "dev translations")
+        return [self._target.text(hyps[0].ids) for hyps in hypotheses], cut
 
     def _forced(self):
         """(Σ ce_sum, Σ tokens, hard links per line or None) by teacher forcing the references."""
@@ -369,8 +378,8 @@ def evaluate_command(
 
 
 def format_metrics(metrics: dict) -> str:
-    """``loss = 2.345678 ; perplexity = 10.44 ; bleu = 23.10 ; aer = 12.30 ; ...``."""
+    """``loss = 2.345678 ; perplexity = 10.44 ; bleu = 23.10 ; cut = 0 ; aer = 12.30 ; ...``."""
+    decimals = {"loss": 6, "cut": 0}  # 2 for the others
     return " ; ".join(
-        f"{name} = {value:.6f}" if name == "loss" else f"{name} = {value:.2f}"
-        for name, value in metrics.items()
+        f"{name} = {value:.{decimals.get(name, 2)}f}" for name, value in metrics.items()
     )

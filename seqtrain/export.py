@@ -12,9 +12,12 @@ Signature ``translate`` (also ``serving_default``):
   space dropped, for SentencePiece targets; tokens joined by spaces otherwise), ``alignments``
   tf.string [B] (hard links ``"s-t s-t"`` as ``seqtrain translate --with_alignments hard``:
   model tokens, or words with ``data.alignment_level: words``, where a piece starting with "▁"
-  opens a word on both sides), ``scores`` float32 [B] (the decoding score of the 1-best).
+  opens a word on both sides), ``scores`` float32 [B] (the decoding score of the 1-best),
+  ``cut`` tf.bool [B] (the 1-best was stopped by the length limit, without ``</s>``: its text is
+  incomplete).
 
-Decoding uses params.beam_width, length_penalty and maximum_decoding_length. An empty input
+Decoding uses params.beam_width, length_penalty, maximum_decoding_length and its relative cap
+(maximum_decoding_length_factor/offset, per sentence as in ``seqtrain translate``). An empty input
 gives an empty translation, no links and score 0. ``assets.extra/seqtrain.json`` records the
 input form and the decoding settings.
 """
@@ -102,12 +105,20 @@ class TranslateModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
     def translate(self, sentences):
-        """sentences tf.string [B] -> translations [B], alignments [B], scores float32 [B]."""
+        """sentences tf.string [B] -> translations [B], alignments [B], scores float32 [B],
+        cut bool [B]."""
         pieces = tf.strings.split(sentences)  # ragged [B, (S)]
         lengths = tf.cast(pieces.row_lengths(), tf.int32)
         width = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], 0)), 1)  # never an empty axis
         ids = self.source_table.lookup(pieces).to_tensor(0, shape=[tf.shape(sentences)[0], width])
-        result = self._search(ids, lengths)
+        p = self.params
+        limits = decoding.length_limits(
+            lengths,
+            p.maximum_decoding_length,
+            p.maximum_decoding_length_factor,
+            p.maximum_decoding_length_offset,
+        )
+        result = self._search(ids, lengths, limits)
         out_ids, out_len = result.ids[:, 0], result.lengths[:, 0]
         out_pieces = tf.RaggedTensor.from_tensor(tf.gather(self.target_tokens, out_ids), out_len)
         attention = result.attention[:, 0]  # [B, L, S]
@@ -117,15 +128,18 @@ class TranslateModule(tf.Module):
             "translations": tf.where(empty, "", self._detokenize(out_pieces)),
             "alignments": tf.where(empty, "", links),
             "scores": tf.where(empty, 0.0, result.scores[:, 0]),
+            "cut": tf.logical_and(
+                tf.logical_not(empty), decoding.cut_at_limit(result.lengths, limits)[:, 0]
+            ),
         }
 
-    def _search(self, ids, lengths):
+    def _search(self, ids, lengths, limits):
+        """limits: int32 [B] output length limits (``decoding.length_limits``)."""
         p = self.params
-        maximum = tf.constant(p.maximum_decoding_length, tf.int32)
         if p.beam_width == 1:
-            return decoding.greedy_search(self.model, ids, lengths, maximum)
+            return decoding.greedy_search(self.model, ids, lengths, limits)
         return decoding.beam_search(
-            self.model, ids, lengths, p.beam_width, p.length_penalty, maximum
+            self.model, ids, lengths, p.beam_width, p.length_penalty, limits
         )
 
     def _detokenize(self, pieces):
@@ -194,6 +208,8 @@ def export_model(config, model, output_dir: str) -> str:
         "beam_width": p.beam_width,
         "length_penalty": p.length_penalty,
         "maximum_decoding_length": p.maximum_decoding_length,
+        "maximum_decoding_length_factor": p.maximum_decoding_length_factor,
+        "maximum_decoding_length_offset": p.maximum_decoding_length_offset,
     }
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     with open(os.path.join(tmp, "assets.extra", "seqtrain.json"), "w", encoding="utf-8") as f:

@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from seqtrain import alignment, data, decoding
 from seqtrain.errors import SeqtrainError
@@ -48,13 +47,15 @@ class Hypothesis:
     ids: np.ndarray  # int32 [n]: target ids without </s>
     score: float
     attention: np.ndarray  # float32 [n, S]: guided-head rows of the n tokens, real source columns
+    cut: bool = False  # stopped by the length limit instead of ending with </s>
 
 
 class Translator:
     """Decodes lists of source ids in length-sorted batches; results come back in input order."""
 
     def __init__(self, model, params, batch_size: int, n_best: int = 1, beam_width=None):
-        """params: ``config.params`` (beam_width, length_penalty, maximum_decoding_length)."""
+        """params: ``config.params`` (beam_width, length_penalty, maximum_decoding_length and its
+        relative cap maximum_decoding_length_factor/offset)."""
         beam_width = params.beam_width if beam_width is None else beam_width
         if n_best > beam_width:
             raise SeqtrainError(
@@ -62,7 +63,9 @@ class Translator:
                 "--n_best / infer.n_best or raise params.beam_width"
             )
         self.n_best, self.batch_size = n_best, batch_size
-        self.maximum_length = tf.constant(params.maximum_decoding_length, tf.int32)
+        self.maximum_length = params.maximum_decoding_length
+        self.factor = params.maximum_decoding_length_factor
+        self.offset = params.maximum_decoding_length_offset
         self._search = decoding.compile_search(model, beam_width, params.length_penalty, n_best)
 
     def __call__(self, source_id_lists) -> list[list[Hypothesis]]:
@@ -76,7 +79,11 @@ class Translator:
             [source_id_lists[i] for i in nonempty], self.batch_size, sort_by_length=True
         )
         for batch in dataset:
-            out = self._search(batch["source_ids"], batch["source_length"], self.maximum_length)
+            limits = decoding.length_limits(
+                batch["source_length"], self.maximum_length, self.factor, self.offset
+            )
+            out = self._search(batch["source_ids"], batch["source_length"], limits)
+            cut = decoding.cut_at_limit(out.lengths, limits).numpy()
             ids, lengths, scores, attention = (x.numpy() for x in out)
             source_lengths = batch["source_length"].numpy()
             for row, k in enumerate(batch["index"].numpy()):
@@ -85,10 +92,34 @@ class Translator:
                         ids[row, j, : lengths[row, j]],
                         float(scores[row, j]),
                         attention[row, j, : lengths[row, j], : source_lengths[row]],
+                        bool(cut[row, j]),
                     )
                     for j in range(self.n_best)
                 ]
         return results
+
+
+def count_cut(hypotheses, params, what: str = "outputs") -> int:
+    """Number of hypotheses cut at the length limit; logs a warning naming the limit if any.
+
+    hypotheses: ``Translator`` results (lists of n_best Hypothesis per input).
+    """
+    flat = [hyp for hyps in hypotheses for hyp in hyps]
+    cut = sum(hyp.cut for hyp in flat)
+    if cut:
+        limit = f"params.maximum_decoding_length = {params.maximum_decoding_length}"
+        if params.maximum_decoding_length_factor is not None:
+            limit = (
+                f"the smaller of {limit} and params.maximum_decoding_length_factor "
+                f"{params.maximum_decoding_length_factor:g} x source tokens + "
+                f"params.maximum_decoding_length_offset {params.maximum_decoding_length_offset}"
+            )
+        logger.warning(
+            "%d of %d %s were cut at the length limit (%s) without ending with </s>; their "
+            "text is incomplete (a model that has not learned to stop, or a limit too low)",
+            cut, len(flat), what, limit,
+        )  # fmt: skip
+    return cut
 
 
 def target_word_of_piece(pieces, is_subword: bool) -> list[int]:
@@ -183,7 +214,8 @@ def translate_command(
     """``seqtrain translate``: see the module docstring for the output format.
 
     Unset options fall back to ``config.infer`` (with_alignments, with_scores, n_best,
-    batch_size) and ``config.params`` (beam_width, length_penalty, maximum_decoding_length).
+    batch_size) and ``config.params`` (beam_width, length_penalty, maximum_decoding_length and
+    its relative cap); outputs cut at the length limit are counted in a warning.
     """
     infer = config.infer
     with_alignments = with_alignments or infer.with_alignments
@@ -198,6 +230,7 @@ def translate_command(
     start = time.time()
     hypotheses = translator([src_vocab.ids(p) for p in pieces])
     elapsed = time.time() - start
+    count_cut(hypotheses, config.params)
     target = TargetText(tgt_tok, tgt_vocab)
     if predictions_file:
         out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)

@@ -135,7 +135,9 @@ def test_forced_decoding_attention_equals_forward_and_incremental(run):
 def test_eval_metrics_match_independent_computations(run, tmp_path):
     config, files = run
     metrics = evaluate.evaluate_command(config)
-    assert set(metrics) == {"loss", "perplexity", "bleu", "chrf", "aer", "precision", "recall"}
+    assert set(metrics) == {
+        "loss", "perplexity", "bleu", "chrf", "cut", "aer", "precision", "recall"
+    }  # fmt: skip
     assert all(isinstance(v, float) for v in metrics.values())
     model, _ = restore_model(config)
     batch = reference_batch(config, files)
@@ -158,6 +160,8 @@ def test_eval_metrics_match_independent_computations(run, tmp_path):
     hyps, refs = read(out), read(files["tgt"])
     assert metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
     assert metrics["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)
+    # cut: translations as long as their limit, min(6, 2 S + 10) = 6 tokens, never ended.
+    assert metrics["cut"] == sum(len(h.split()) == 6 for h in hyps)
     # AER: argmax links of the forced attention, scored by aer.score.
     att, sources = attention.numpy(), batch["source_length"].numpy()
     links = [
@@ -178,7 +182,7 @@ def test_eval_with_other_files_and_without_gold(run, tmp_path):
     metrics = evaluate.evaluate_command(
         config, features_file=str(tmp_path / "a.src"), labels_file=str(tmp_path / "a.tgt")
     )
-    assert set(metrics) == {"loss", "perplexity", "bleu", "chrf"}
+    assert set(metrics) == {"loss", "perplexity", "bleu", "chrf", "cut"}
     with pytest.raises(SeqtrainError, match="labels_file"):
         evaluate.evaluate_command(config, features_file=str(tmp_path / "a.src"))
 
@@ -264,8 +268,10 @@ def test_aer_metric_needs_gold(tmp_path):
 
 
 def test_format_metrics():
-    line = evaluate.format_metrics({"loss": 2.5, "perplexity": 12.182494, "bleu": 23.456})
-    assert line == "loss = 2.500000 ; perplexity = 12.18 ; bleu = 23.46"
+    line = evaluate.format_metrics(
+        {"loss": 2.5, "perplexity": 12.182494, "bleu": 23.456, "cut": 3.0}
+    )
+    assert line == "loss = 2.500000 ; perplexity = 12.18 ; bleu = 23.46 ; cut = 3"
 
 
 # ---------------------------------------------------------------- training quality (slow)

@@ -113,7 +113,11 @@ def test_exported_model_translates_as_translate_command(whitespace_run, sentence
         assert result["alignments"] == links
         assert result["scores"] == pytest.approx(scores, abs=2e-5)
         assert texts[5] == "" and links[5] == "" and scores[5] == 0.0  # the empty input
+        assert result["cut"][5] == 0.0
         assert any(texts) and any(links)
+    # cut (whitespace model): outputs as long as their limit, min(7, 2 S + 10) = 7, never ended.
+    texts = parse(cases[0][1])[0]
+    assert results[0]["cut"] == [float(len(t.split()) == 7) for t in texts]
     # Word-level links: indices of the raw words, not of the pieces.
     _, sp_links, _ = parse(cases[1][1])
     for source, line in zip(sources, sp_links):
