@@ -14,9 +14,10 @@ attention is ≥ 0.5 as a second extraction), dev CE and BLEU (beam 4) on the fi
 ``--valid-lines`` lines of onmt-toy-ende's valid set (lowercased), printed side by side with the
 supervisor (the shipped eflomal + grow-diag-final-and links of the gold sentences, AER 20.4).
 
-    python bench/align_real.py                       # the default variants (≈ 25 min each)
+    python bench/align_real.py --jobs 2                 # the default variants
     python bench/align_real.py --variants baseline reading --jobs 2
-    python bench/align_real.py --variant mine model.alignment_layer=0 params.guided_alignment_weight=0.5
+    python bench/align_real.py --variant w2 model.alignment_row=reading \
+        params.guided_alignment_weight=2
 
 Runs, configs and per-run JSON go to ``--workdir`` (default ~/.cache/seqtrain-bench/align_real);
 a finished run is reused unless ``--force``. The table is printed at the end and written to

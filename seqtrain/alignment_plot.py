@@ -104,6 +104,7 @@ def alignment_pictures(
     pairs in its message.
     """
     words = config.data.alignment_level == "words"
+    extraction = config.params.alignment_extraction
     lines = line_numbers or range(1, len(pairs) + 1)
     src_tok, tgt_tok, src_vocab, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
     units = []
@@ -123,7 +124,9 @@ def alignment_pictures(
         _, attention = decoding.forced_decoding(model, data.batch_from_examples(examples))
         for row, (source_side, target_side) in enumerate(chunk):
             k = start + row
-            picture = _picture(attention[row].numpy(), source_side, target_side, pairs[k], words)
+            picture = _picture(
+                attention[row].numpy(), source_side, target_side, pairs[k], words, extraction
+            )
             if gold is not None:
                 picture.sure, picture.possible = _checked_gold(gold[k], picture, lines[k])
             pictures.append(picture)
@@ -135,12 +138,14 @@ def _split(tokenizer, line: str, words: bool):
     return tokenizer.tokenize_with_words(line) if words else (tokenizer.tokenize(line), None)
 
 
-def _picture(attention, source_side, target_side, pair, words: bool) -> AlignmentPicture:
+def _picture(
+    attention, source_side, target_side, pair, words: bool, extraction="argmax"
+) -> AlignmentPicture:
     """attention [T, S] of one padded batch row -> the picture of its real tokens."""
     (source_pieces, source_words), (target_pieces, target_words) = source_side, target_side
     n, m = len(target_pieces), len(source_pieces)
     matrix = attention[:n, :m]
-    links = set(decoding.hard_alignments(attention, n, m))
+    links = set(decoding.hard_alignments(attention, n, m, extraction))
     if not words:
         return AlignmentPicture(matrix, list(source_pieces), list(target_pieces), links)
     source_labels, target_labels = pair[0].split(), pair[1].split()

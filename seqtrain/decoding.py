@@ -348,13 +348,19 @@ def forced_decoding(model, batch):
     return log_probs * mask, attention * mask[:, :, tf.newaxis]
 
 
-def hard_alignments(attention, target_len, source_len):
-    """Hard alignment of one hypothesis, as OpenNMT-tf's ``hard`` alignment output: each target
-    token t is aligned to its most-attended source token (argmax over the real source columns).
+def hard_alignments(attention, target_len, source_len, extraction="argmax"):
+    """Hard alignment of one hypothesis.
+
+    ``argmax`` (OpenNMT-tf's ``hard`` alignments): each target token t is aligned to its
+    most-attended source token s (argmax over the real source columns). ``intersection``: only
+    the links (s, t) where t is also the real target row that attends most to s (the argmax of
+    column s), as the intersection of two directions: fewer links, more precise; target tokens
+    may stay unaligned, as in gold alignments. Ties go to the lowest index.
 
     Args:
       attention: [L, S] array-like (one hypothesis' ``attention``).
       target_len, source_len: real target tokens (no </s>) and source tokens.
+      extraction: "argmax" or "intersection" (params.alignment_extraction).
 
     Returns:
       list of (source index, target index) pairs, 0-based, in target order (Pharaoh ``s-t``).
@@ -362,4 +368,8 @@ def hard_alignments(attention, target_len, source_len):
     if target_len == 0 or source_len == 0:
         return []
     attention = np.asarray(attention)[:target_len, :source_len]
-    return [(int(s), t) for t, s in enumerate(np.argmax(attention, axis=-1))]
+    pairs = [(int(s), t) for t, s in enumerate(np.argmax(attention, axis=-1))]
+    if extraction == "intersection":
+        best_target = np.argmax(attention, axis=0)  # [S]
+        pairs = [(s, t) for s, t in pairs if best_target[s] == t]
+    return pairs

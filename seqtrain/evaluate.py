@@ -222,6 +222,7 @@ class Evaluator:
         es = self.eval_set
         links = [set() for _ in range(len(es.corpus))] if es.sure is not None else None
         ce_total, tokens_total = 0.0, 0.0
+        extraction = self.config.params.alignment_extraction
         batches = data.eval_dataset(es.corpus, self.config.eval.batch_size, with_alignment=False)
         for batch in batches:
             ce_sum, tokens, attention = self._forward(
@@ -237,7 +238,7 @@ class Evaluator:
             source_lengths = batch["source_length"].numpy()
             for row, index in enumerate(batch["index"].numpy()):
                 pairs = decoding.hard_alignments(
-                    attention[row], target_lengths[row], source_lengths[row]
+                    attention[row], target_lengths[row], source_lengths[row], extraction
                 )
                 if es.source_words is not None:
                     pairs = merge_to_words(pairs, es.source_words[index], es.target_words[index])

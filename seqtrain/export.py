@@ -154,15 +154,24 @@ class TranslateModule(tf.Module):
         return tf.strings.regex_replace(text, SP_MARKER, " ")
 
     def _links(self, attention, source_len, target_len, source_pieces, target_pieces):
-        """Hard links "s-t ..." [B]: argmax over the real source columns of each target row."""
+        """Hard links "s-t ..." [B] (``decoding.hard_alignments``, params.alignment_extraction):
+        argmax over the real source columns of each target row; with ``intersection`` only the
+        rows that are also their source column's argmax over the real target rows."""
         source_mask = tf.sequence_mask(source_len, tf.shape(attention)[2])[:, tf.newaxis]
         best = tf.argmax(tf.where(source_mask, attention, -1.0), axis=-1, output_type=tf.int32)
+        steps = tf.range(tf.shape(best)[1])[tf.newaxis] + tf.zeros_like(best)  # [B, L]
+        keep = tf.ones_like(best, tf.bool)
+        if self.params.alignment_extraction == "intersection":
+            target_mask = tf.sequence_mask(target_len, tf.shape(attention)[1])[:, :, tf.newaxis]
+            best_target = tf.argmax(
+                tf.where(target_mask, attention, -1.0), axis=1, output_type=tf.int32
+            )  # [B, S]
+            keep = tf.equal(tf.gather(best_target, best, batch_dims=1), steps)
+        keep = tf.RaggedTensor.from_tensor(keep, target_len)
         if not self.words:
-            steps = tf.range(tf.shape(best)[1])[tf.newaxis] + tf.zeros_like(best)
             pairs = tf.strings.as_string(best) + "-" + tf.strings.as_string(steps)
-            return tf.strings.reduce_join(
-                tf.RaggedTensor.from_tensor(pairs, target_len), axis=1, separator=" "
-            )
+            pairs = tf.ragged.boolean_mask(tf.RaggedTensor.from_tensor(pairs, target_len), keep)
+            return tf.strings.reduce_join(pairs, axis=1, separator=" ")
         source_words = _word_of_piece(source_pieces, self.source_subword)  # ragged [B, (S)]
         target_words = _word_of_piece(target_pieces, self.target_subword)  # ragged [B, (L)]
         # (b, target word, source word) of every real target row; a dense 0/1 cube removes
@@ -172,8 +181,9 @@ class TranslateModule(tf.Module):
         linked = tf.RaggedTensor.from_tensor(linked, target_len)
         rows = tf.cast(target_words.value_rowids(), tf.int32)
         cells = tf.stack([rows, target_words.flat_values, linked.flat_values], axis=1)
+        cells = tf.boolean_mask(cells, keep.flat_values)
         shape = tf.shape(attention)  # [B, L, S] bounds the word indices of both sides
-        cube = tf.scatter_nd(cells, tf.ones_like(rows), shape)
+        cube = tf.scatter_nd(cells, tf.ones_like(cells[:, 0]), shape)
         found = tf.cast(tf.where(cube > 0), tf.int32)  # [K, 3]
         pairs = tf.strings.as_string(found[:, 2]) + "-" + tf.strings.as_string(found[:, 1])
         grouped = tf.RaggedTensor.from_value_rowids(pairs, found[:, 0], nrows=shape[0])
@@ -205,6 +215,10 @@ def export_model(config, model, output_dir: str) -> str:
     info = {
         "input": "sentencepiece pieces" if module.source_subword else "whitespace tokens",
         "alignment_level": config.data.alignment_level,
+        # Which decoder step the guided head was trained on; the signature's links already use it.
+        "alignment_row": config.model.alignment_row,
+        "alignment_context": config.model.alignment_context,
+        "alignment_extraction": p.alignment_extraction,
         "beam_width": p.beam_width,
         "length_penalty": p.length_penalty,
         "maximum_decoding_length": p.maximum_decoding_length,

@@ -23,8 +23,8 @@ import tensorflow as tf
 
 # Added to attention logits of masked keys; exp(-1e9 + x) underflows to exactly 0 in float32.
 MASK_VALUE = -1e9
-# OpenNMT-tf's LayerNorm epsilon.
-LAYER_NORM_EPSILON = 1e-6
+# OpenNMT-tf 2.x's LayerNorm is Keras' LayerNormalization with its default epsilon.
+LAYER_NORM_EPSILON = 1e-3
 
 
 def stateless_seed(seed: int, path: str) -> tf.Tensor:

@@ -171,15 +171,18 @@ class TargetText:
         return self.tokenizer.detokenize(self.pieces(ids))
 
 
-def _render(hyp, target, with_alignments, with_scores, source_words=None) -> str:
-    """One output line of ``hyp``; source_words: word of each source piece (words level)."""
+def _render(
+    hyp, target, with_alignments, with_scores, source_words=None, extraction="argmax"
+) -> str:
+    """One output line of ``hyp``; source_words: word of each source piece (words level);
+    extraction: params.alignment_extraction."""
     pieces = target.pieces(hyp.ids)
     text = target.tokenizer.detokenize(pieces)
     links = None
     if with_alignments == "soft":
         links = format_soft(hyp.attention)
     elif with_alignments == "hard":
-        pairs = decoding.hard_alignments(hyp.attention, *hyp.attention.shape)
+        pairs = decoding.hard_alignments(hyp.attention, *hyp.attention.shape, extraction)
         if source_words is not None:
             tgt_words = target_word_of_piece(pieces, target.tokenizer.is_subword)
             pairs = merge_to_words(pairs, source_words, tgt_words)
@@ -236,11 +239,13 @@ def translate_command(
         out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
     else:
         out = contextlib.nullcontext(sys.stdout)
+    extraction = config.params.alignment_extraction
     with out as stream:
         for i, hyps in enumerate(hypotheses):
             words = source_words[i] if source_words is not None else None
             for hyp in hyps:
-                stream.write(_render(hyp, target, with_alignments, with_scores, words) + "\n")
+                line = _render(hyp, target, with_alignments, with_scores, words, extraction)
+                stream.write(line + "\n")
     tokens = sum(len(hyps[0].ids) for hyps in hypotheses)
     logger.info(
         "Translated %d lines with %s in %.1f s (%.0f target tokens/s)",

@@ -302,3 +302,19 @@ def test_hard_alignments():
     assert hard_alignments(attention, 2, 3) == [(1, 0), (0, 1)]
     assert hard_alignments(attention, 3, 3) == [(1, 0), (0, 1), (2, 2)]
     assert hard_alignments(attention, 0, 3) == []
+
+
+def test_hard_alignments_intersection_keeps_mutual_best_links():
+    # Rows are target tokens; row 3 and column 3 are padding (their 0.9s must not count).
+    attention = np.array(
+        [
+            [0.1, 0.7, 0.2, 0.9],
+            [0.5, 0.3, 0.2, 0.9],
+            [0.2, 0.6, 0.2, 0.9],
+            [0.9, 0.9, 0.9, 0.9],
+        ]
+    )
+    # argmax rows: t0->s1, t1->s0, t2->s1; argmax columns: s0->t1, s1->t0 (0.7 > 0.6).
+    assert hard_alignments(attention, 3, 3) == [(1, 0), (0, 1), (1, 2)]
+    assert hard_alignments(attention, 3, 3, "intersection") == [(1, 0), (0, 1)]
+    assert hard_alignments(attention, 0, 3, "intersection") == []

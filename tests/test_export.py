@@ -1,5 +1,6 @@
 """seqtrain.export: the SavedModel runs in a fresh process without seqtrain, as translate does."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -41,12 +42,12 @@ def toy_lines(name, count):
     return list(read_text_lines(os.path.join(TOY, name)))[:count]
 
 
-def make_model_dir(root, data_section, beam_width):
+def make_model_dir(root, data_section, beam_width, **model):
     """An untrained, seeded tiny model saved as a checkpoint; returns its config."""
     config = cfg.build({
         "model_dir": os.path.join(root, "model"),
         "data": data_section,
-        "model": {"num_layers": 1, "num_units": 16, "num_heads": 2, "ffn_inner_dim": 32},
+        "model": {"num_layers": 1, "num_units": 16, "num_heads": 2, "ffn_inner_dim": 32, **model},
         "params": {"beam_width": beam_width, "maximum_decoding_length": 7},
         "infer": {"batch_size": 3},
     }, "test")  # fmt: skip
@@ -68,7 +69,9 @@ def whitespace_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sentencepiece_run(tmp_path_factory):
-    """Joint SentencePiece model on both toy sides; word-level alignments; greedy decoding."""
+    """Joint SentencePiece model on both toy sides; word-level alignments; greedy decoding; the
+    reading alignment row (alignments from a teacher-forced pass inside the SavedModel) and the
+    intersection extraction."""
     root = str(tmp_path_factory.mktemp("sp"))
     model, vocab = train_sentencepiece(
         [os.path.join(TOY, "dev.src"), os.path.join(TOY, "dev.tgt")],
@@ -77,7 +80,9 @@ def sentencepiece_run(tmp_path_factory):
     section = {"source_vocabulary": vocab, "target_vocabulary": vocab,
                "source_tokenization": model, "target_tokenization": model,
                "alignment_level": "words"}  # fmt: skip
-    return make_model_dir(root, section, beam_width=1), model
+    config = make_model_dir(root, section, beam_width=1, alignment_row="reading")
+    params = dataclasses.replace(config.params, alignment_extraction="intersection")
+    return dataclasses.replace(config, params=params), model
 
 
 def parse(lines):
@@ -125,6 +130,8 @@ def test_exported_model_translates_as_translate_command(whitespace_run, sentence
     with open(os.path.join(cases[1][0], "assets.extra", "seqtrain.json")) as f:
         info = json.load(f)
     assert info["input"] == "sentencepiece pieces" and info["alignment_level"] == "words"
+    assert info["alignment_row"] == "reading" and info["alignment_context"] == "causal"
+    assert info["alignment_extraction"] == "intersection"
     assert os.path.isfile(os.path.join(cases[1][0], "assets", os.path.basename(sp_model)))
 
 

@@ -41,7 +41,7 @@ def make_batch(extra_source_pad=0, extra_target_pad=0):
 def np_layer_norm(x, norm):
     mean = x.mean(-1, keepdims=True)
     var = x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + 1e-6) * norm.gamma.numpy() + norm.beta.numpy()
+    return (x - mean) / np.sqrt(var + 1e-3) * norm.gamma.numpy() + norm.beta.numpy()
 
 
 def np_dense(x, dense):
