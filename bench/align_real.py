@@ -190,22 +190,33 @@ def evaluate(name: str, model_dir: str, files: dict, args) -> dict:
         return json.load(f)
 
 
+# The table's columns after the step, as keys of bench/align_real_eval.py's records.
+FIGURES = (
+    "aer", "precision", "recall", "aer_intersection", "precision_intersection",
+    "recall_intersection", "aer_threshold", "gold_bleu", "valid_ce", "valid_bleu",
+)  # fmt: skip
+
+
 def table(results: dict, supervisor: dict) -> str:
+    nan = float("nan")
     rows = [
-        "| variant | step | AER | P | R | AER (≥ 0.5) | gold-set BLEU | valid CE | valid BLEU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | step | AER | P | R | AER ∩ | P ∩ | R ∩ | AER ≥ 0.5 | gold-set BLEU "
+        "| valid CE | valid BLEU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, scores in results.items():
         for s in scores:
+            figures = [s.get(k, nan) for k in FIGURES]
             rows.append(
-                f"| {name} | {s['step']} | {s.get('aer', float('nan')):.1f} | "
-                f"{s.get('precision', float('nan')):.1f} | {s.get('recall', float('nan')):.1f} | "
-                f"{s.get('aer_threshold', float('nan')):.1f} | {s['gold_bleu']:.1f} | "
-                f"{s['valid_ce']:.3f} | {s.get('valid_bleu', float('nan')):.1f} |"
+                f"| {name} | {s['step']} | "
+                + " | ".join(
+                    f"{x:.3f}" if k == "valid_ce" else f"{x:.1f}" for k, x in zip(FIGURES, figures)
+                )
+                + " |"
             )
     rows.append(
         f"| supervisor (eflomal + gdfa) | | {supervisor['aer']:.1f} | "
-        f"{supervisor['precision']:.1f} | {supervisor['recall']:.1f} | | | | |"
+        f"{supervisor['precision']:.1f} | {supervisor['recall']:.1f} | | | | | | | |"
     )
     return "\n".join(rows)
 

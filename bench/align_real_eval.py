@@ -2,7 +2,9 @@
 
 For each checkpoint: on the gold set (the run's data.eval_* files) the guided head's links by
 forced decoding of the references, extracted as argmax per target token (what ``seqtrain eval``
-reports) and as every source token whose row-normalized attention is ≥ ``--threshold``; the
+reports by default), with ``params.alignment_extraction: intersection`` (links that are also
+their source token's best target token) and as every source token whose row-normalized
+attention is ≥ ``--threshold``; the
 gold-set BLEU; dev CE on the valid subset, and its BLEU (beam 4) at the last checkpoint.
 
     python bench/align_real_eval.py MODEL_DIR --valid VALID.de VALID.en --output scores.json
@@ -46,6 +48,11 @@ def threshold_links(matrix: np.ndarray, threshold: float) -> set:
     return {(int(s), int(t)) for t, s in zip(*np.nonzero(normalized >= threshold))}
 
 
+def intersection_links(matrix: np.ndarray) -> set:
+    """``seqtrain eval``'s links with params.alignment_extraction: intersection."""
+    return set(decoding.hard_alignments(matrix, *matrix.shape, "intersection"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir")
@@ -83,9 +90,13 @@ def main() -> None:
         if "aer" in gold:
             record.update({k: gold[k] for k in ("aer", "precision", "recall")})
             rows = soft_rows(model, gold_set, config.eval.batch_size)
-            links = [threshold_links(m, args.threshold) for m in rows]
-            scores = aer.score(links, gold_set.sure, gold_set.possible)
-            record["aer_threshold"] = 100 * scores["aer"]
+            for name, links in (
+                ("threshold", [threshold_links(m, args.threshold) for m in rows]),
+                ("intersection", [intersection_links(m) for m in rows]),
+            ):
+                scores = aer.score(links, gold_set.sure, gold_set.possible)
+                for key in ("aer", "precision", "recall"):
+                    record[f"{key}_{name}"] = 100 * scores[key]
             np.savez_compressed(
                 os.path.join(args.model_dir, f"gold-attention-{step}.npz"),
                 *[m.astype(np.float16) for m in rows],

@@ -105,8 +105,8 @@ class ParamsConfig:
     # at most factor * S + offset output tokens for S source tokens (Marian's
     # --max-length-factor, fairseq's --max-len-a/b); null = maximum_decoding_length only
     maximum_decoding_length_offset: int = _opt(10, minimum=0)  # added to factor * S
-    alignment_extraction: Literal["argmax", "intersection"] = "argmax"  # hard links: each target
-    # token's most-attended source token, or only those that are also the source's best target
+    alignment_extraction: Literal["argmax", "intersection"] = "intersection"  # hard links: only
+    # mutual best (source, target) pairs, or argmax: every target token's best source (OpenNMT-tf)
 
 
 @dataclass(frozen=True)

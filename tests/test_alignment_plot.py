@@ -52,7 +52,8 @@ def trained(tmp_path_factory):
 
 def forced_pair(model, config, source, target):
     """Forced-decoding attention [n, m] of one pair of token lists alone (no padding) and its
-    argmax links (s, t)."""
+    links (s, t) under the default params.alignment_extraction (intersection): s is row t's
+    argmax and t is column s's argmax."""
     source_ids = Vocab.load(config.data.source_vocabulary).ids(source)
     target_ids = Vocab.load(config.data.target_vocabulary).ids(target)
     batch = {
@@ -64,7 +65,9 @@ def forced_pair(model, config, source, target):
     }
     _, attention = decoding.forced_decoding(model, batch)
     matrix = attention.numpy()[0, : len(target_ids)]
-    return matrix, {(int(s), t) for t, s in enumerate(matrix.argmax(axis=1))}
+    assert config.params.alignment_extraction == "intersection"
+    best_source, best_target = matrix.argmax(axis=1), matrix.argmax(axis=0)
+    return matrix, {(int(s), t) for t, s in enumerate(best_source) if best_target[s] == t}
 
 
 def test_picture_data_is_the_models_attention_and_links(trained):

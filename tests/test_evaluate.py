@@ -162,12 +162,16 @@ def test_eval_metrics_match_independent_computations(run, tmp_path):
     assert metrics["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)
     # cut: translations as long as their limit, min(6, 2 S + 10) = 6 tokens, never ended.
     assert metrics["cut"] == sum(len(h.split()) == 6 for h in hyps)
-    # AER: argmax links of the forced attention, scored by aer.score.
+    # AER: links of the forced attention (params.alignment_extraction: intersection, the default:
+    # the row's argmax source s whose column argmax over the real rows is t), by aer.score.
     att, sources = attention.numpy(), batch["source_length"].numpy()
-    links = [
-        {(int(np.argmax(att[b, t, : sources[b]])), t) for t in range(lengths[b] - 1)}
-        for b in range(len(lengths))
-    ]
+    assert config.params.alignment_extraction == "intersection"
+    links = []
+    for b in range(len(lengths)):
+        real = att[b, : lengths[b] - 1, : sources[b]]
+        links.append(
+            {(int(s), t) for t, s in enumerate(real.argmax(1)) if real[:, s].argmax() == t}
+        )
     gold = [aer.parse_gold_line(line) for line in read(files["align"])]
     expected = aer.score(links, [g[0] for g in gold], [g[1] for g in gold])
     for key in ("aer", "precision", "recall"):
