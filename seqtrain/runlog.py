@@ -50,7 +50,10 @@ def format_train_line(record: dict) -> str:
 
 def format_eval_line(step: int, metrics: dict) -> str:
     """``Evaluation at step N ; loss = … ; perplexity = … ; bleu = … ; aer = …``."""
-    parts = [f"{name} = {value:.4f}" for name, value in metrics.items()]
+    parts = [
+        f"{name} = {int(value)}" if name == "cut" else f"{name} = {value:.4f}"  # cut: a count
+        for name, value in metrics.items()
+    ]
     return f"Evaluation at step {step} ; " + " ; ".join(parts)
 
 
