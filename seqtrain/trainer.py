@@ -13,18 +13,20 @@ whole global batch, so 1 replica, 2 replicas or 2 accumulation steps give the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import time
 
 import tensorflow as tf
 
+from seqtrain import checkpoints, data, losses, optim, runguard, runlog
 from seqtrain import config as cfg
-from seqtrain import data, losses, optim, runlog
 from seqtrain.checkpoints import Saver, build_model
-from seqtrain.errors import SeqtrainError
+from seqtrain.errors import Interrupted, SeqtrainError
 
 logger = logging.getLogger(__name__)
 
@@ -267,13 +269,22 @@ def _datasets(config, strategy, corpus, skip_batches: int):
 
 
 def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None = None) -> None:
-    """``seqtrain train``: validate the data, then train until max_step (or early stopping)."""
+    """``seqtrain train``: validate the data, then train until max_step (or early stopping).
+
+    The chief holds model_dir's lock for the whole run (a second run on it refuses to start).
+    """
     strategy = make_strategy(num_devices)
     chief = _is_chief(strategy)
-    corpus = data.load_corpus(config, "train")  # validates all three files first
     os.makedirs(config.model_dir, exist_ok=True)
-    if chief:
-        cfg.save_config(config, os.path.join(config.model_dir, "config.yml"))
+    with runguard.RunLock(config.model_dir) if chief else contextlib.nullcontext():
+        _train(config, strategy, chief, checkpoint_path)
+
+
+def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | None) -> None:
+    corpus = data.load_corpus(config, "train")  # validates all three files first
+    if chief:  # before any step: a changed model or vocabulary is an error on resume
+        resuming = checkpoint_path is None and bool(checkpoints.candidates(config.model_dir))
+        runguard.check_resume(config, resuming)
     dtype = compute_dtype(config.train.mixed_precision)
     with strategy.scope():
         model = build_model(config, dtype)
@@ -320,15 +331,22 @@ def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None 
         from seqtrain.evaluate import Evaluator  # decoding and sacrebleu: only when evaluating
 
         evaluator = Evaluator.for_training(config, model, chief=chief)
-    _loop(config, trainer, batches, accum, saver, writer, evaluator)
+    # Workers of a multi-worker run would notice a signal at different steps and then wait for
+    # each other forever in the collective save: there, signals keep their default action.
+    single = getattr(strategy, "cluster_resolver", None) is None
+    with runguard.StopRequest() if single else contextlib.nullcontext() as stop:
+        _loop(config, trainer, batches, accum, saver, writer, evaluator, stop)
 
 
-def _loop(config, trainer, batches, accum, saver, writer, evaluator) -> None:
-    """Runs updates until max_step; logs, evaluates and checkpoints on their periods."""
+def _loop(config, trainer, batches, accum, saver, writer, evaluator, stop=None) -> None:
+    """Runs updates until max_step; logs, evaluates and checkpoints on their periods; on a
+    stop request (SIGINT/SIGTERM) saves and raises ``Interrupted`` after the current step."""
     train, optimizer = config.train, trainer.optimizer
     step = int(optimizer.iterations.numpy())
     last_saved, progress = step, Progress()
     while train.max_step is None or step < train.max_step:
+        if stop is not None and stop.signal is not None:
+            _interrupted(saver, step, last_saved, stop.signal)
         outputs = trainer.step([next(batches) for _ in range(accum)])
         if not bool(outputs["finite"]):  # one scalar per step: cheap next to the step itself
             if "loss_scale" in outputs and float(outputs["loss_scale"]) >= 1.0:
@@ -357,3 +375,13 @@ def _loop(config, trainer, batches, accum, saver, writer, evaluator) -> None:
                 if last_saved != step:
                     saver.save(step)
                 break
+
+
+def _interrupted(saver, step: int, last_saved: int, signum: int) -> None:
+    """Saves the current step (unless just saved) and raises ``Interrupted``."""
+    saved = f"checkpoint {saver.save(step)}" if step != last_saved else "its checkpoint"
+    raise Interrupted(
+        f"stopped by {signal.Signals(signum).name} after step {step}; {saved} holds it: run the "
+        "same command to resume",
+        signum,
+    )
