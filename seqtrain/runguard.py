@@ -125,7 +125,7 @@ def check_resume(config: cfg.Config, resuming: bool) -> None:
     config.N.yml (when it differs) and writes the new one."""
     path = os.path.join(config.model_dir, CONFIG_FILE)
     new = _flat(cfg.to_dict(config))
-    old = _saved(path)
+    old, changed = _saved(path), []
     if old is not None:
         changed = sorted(k for k in set(old) | set(new) if old.get(k, new.get(k)) != new.get(k))
         frozen = [k for k in changed if _frozen(k)]
@@ -137,9 +137,12 @@ def check_resume(config: cfg.Config, resuming: bool) -> None:
             )
         for key in changed:
             logger.info("Configuration change: %s %r -> %r", key, old.get(key), new.get(key))
-        if changed or not old:  # not old: unreadable, kept as it is
+    try:
+        if old is not None and (changed or not old):  # not old: unreadable, kept as it is
             os.replace(path, _free_history_name(config.model_dir))
-    cfg.save_config(config, path)
+        cfg.save_config(config, path)
+    except OSError as e:
+        raise SeqtrainError(f"{path}: cannot write it ({e.strerror}); free disk space") from e
 
 
 def _saved(path: str) -> dict | None:

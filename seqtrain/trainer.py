@@ -31,19 +31,27 @@ from seqtrain.errors import Interrupted, SeqtrainError
 logger = logging.getLogger(__name__)
 
 SUM = tf.distribute.ReduceOp.SUM
+# What a multi-worker collective raises when a peer is gone or exceeds the timeout.
+PEER_LOST = (
+    tf.errors.DeadlineExceededError,
+    tf.errors.UnavailableError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
 
 
-def make_strategy(num_devices: int = 1) -> tf.distribute.Strategy:
+def make_strategy(num_devices: int = 1, worker_timeout: float = 600.0) -> tf.distribute.Strategy:
     """Multi-worker from TF_CONFIG, else Mirrored over ``num_devices`` local devices, else default.
 
     On a machine without GPUs, ``num_devices`` > 1 splits the CPU into logical devices (useful to
     check replica invariance; it is not faster). Must run before any other TensorFlow op.
+    worker_timeout: seconds a multi-worker collective waits for its peers (a dead worker).
     """
     workers = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])
     if len(workers) > 1:
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-            timeout_seconds=600.0,
+            timeout_seconds=worker_timeout,
         )
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if num_devices <= 1:
@@ -273,7 +281,7 @@ def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None 
 
     The chief holds model_dir's lock for the whole run (a second run on it refuses to start).
     """
-    strategy = make_strategy(num_devices)
+    strategy = make_strategy(num_devices, config.train.worker_timeout)
     chief = _is_chief(strategy)
     os.makedirs(config.model_dir, exist_ok=True)
     with runguard.RunLock(config.model_dir) if chief else contextlib.nullcontext():
@@ -335,7 +343,16 @@ def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | Non
     # each other forever in the collective save: there, signals keep their default action.
     single = getattr(strategy, "cluster_resolver", None) is None
     with runguard.StopRequest() if single else contextlib.nullcontext() as stop:
-        _loop(config, trainer, batches, accum, saver, writer, evaluator, stop)
+        try:
+            _loop(config, trainer, batches, accum, saver, writer, evaluator, stop)
+        except PEER_LOST as e:
+            if single:
+                raise
+            raise SeqtrainError(
+                f"a collective operation failed ({checkpoints.reason(e)}): another worker died or "
+                f"did not answer within train.worker_timeout = {config.train.worker_timeout:g} s;"
+                " restart all workers: they resume from the last checkpoint"
+            ) from e
 
 
 def _loop(config, trainer, batches, accum, saver, writer, evaluator, stop=None) -> None:
