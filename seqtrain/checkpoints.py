@@ -9,7 +9,8 @@ none reads, that is an error, never a silent restart from scratch.
 
 In a multi-worker run every worker must take part in a save (the variables are synchronised
 collectively), but only the chief writes into model_dir; the others write to a scratch folder
-that is deleted after each save.
+that is deleted after each save. Every worker restores from model_dir (shared storage): a worker
+that started from other weights or another step would silently diverge.
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ class Saver:
         self, checkpoint: tf.train.Checkpoint, model_dir: str, max_to_keep: int, chief=True
     ):
         self.chief = chief
+        self.model_dir = model_dir
         directory = model_dir if chief else tempfile.mkdtemp(prefix="seqtrain-worker-")
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
         self.checkpoint = checkpoint
 
     def restore(self, path: str | None = None) -> str | None:
-        """Restores ``path``, else the newest readable checkpoint of model_dir (chief); returns
-        what was restored, None when there is nothing to restore."""
+        """Restores ``path``, else the newest readable checkpoint of model_dir; returns what was
+        restored, None when there is nothing to restore."""
 
         def read(prefix):
             try:
@@ -60,7 +62,7 @@ class Saver:
         if path:
             read_or_explain(read, path)
         else:
-            path = restore_newest(read, self.manager.directory) if self.chief else None
+            path = restore_newest(read, self.model_dir)
         if path:
             logger.info("Restored checkpoint %s", path)
         return path
@@ -94,7 +96,12 @@ def latest(model_dir: str | None) -> str | None:
 def reason(error: BaseException) -> str:
     """The useful part of an error's message: TF's first line without its op decorations."""
     text = getattr(error, "message", None) or str(error) or type(error).__name__
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text.strip().splitlines()[0])
+    lines = [line for line in text.splitlines() if line.strip()]
+    # A graph's error starts with "Graph execution error:" and the Python stack of the node.
+    skip = ("Graph execution error", "Detected at node", " ", "\t")
+    useful = [line for line in lines if not line.startswith(skip)] or lines
+    text = useful[0] + (f" {useful[1]}" if useful[0].endswith(":") and len(useful) > 1 else "")
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
     return re.sub(r"\s*\[Op:\w+\]$", "", text)
 
 

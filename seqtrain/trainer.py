@@ -260,6 +260,21 @@ def _is_chief(strategy) -> bool:
     )
 
 
+def _check_same_step(strategy, step: int) -> None:
+    """Every worker must resume from the same checkpoint (else their weights silently differ)."""
+
+    def gather():
+        context = tf.distribute.get_replica_context()
+        return context.all_gather(tf.constant([step], tf.int64), axis=0)
+
+    steps = strategy.experimental_local_results(strategy.run(gather))[0].numpy().tolist()
+    if min(steps) != max(steps):
+        raise SeqtrainError(
+            f"the workers restored different steps ({steps}): model_dir must be on storage that "
+            "every worker reads, with the same path"
+        )
+
+
 def _datasets(config, strategy, corpus, skip_batches: int):
     """Per-replica batch iterator; on resume it skips the batches already trained on, so that a
     restarted run sees the same batches as an uninterrupted one."""
@@ -305,6 +320,8 @@ def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | Non
     saver = Saver(checkpoint, config.model_dir, config.train.keep_checkpoint_max, chief=chief)
     saver.restore(checkpoint_path)
     step = int(optimizer.iterations.numpy())
+    if getattr(strategy, "cluster_resolver", None) is not None:
+        _check_same_step(strategy, step)
     max_step = config.train.max_step
     if max_step and step >= max_step:
         logger.info("Training already reached max_step = %d; nothing to do", max_step)
@@ -349,9 +366,10 @@ def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | Non
             if single:
                 raise
             raise SeqtrainError(
-                f"a collective operation failed ({checkpoints.reason(e)}): another worker died or "
-                f"did not answer within train.worker_timeout = {config.train.worker_timeout:g} s;"
-                " restart all workers: they resume from the last checkpoint"
+                f"a collective operation failed ({checkpoints.reason(e)}): another worker died "
+                "(TensorFlow's heartbeat check) or did not answer within train.worker_timeout = "
+                f"{config.train.worker_timeout:g} s; restart all workers: they resume from the "
+                "last checkpoint"
             ) from e
 
 

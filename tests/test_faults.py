@@ -239,7 +239,7 @@ def test_export_write_error_leaves_the_previous_export(corpus, tmp_path):
         restore()
     assert f"{output}: cannot write the SavedModel (" in str(error.value)
     assert "the previous export there is unchanged: free disk space" in str(error.value)
-    assert sorted(os.listdir(tmp_path)) == ["data", "export", "run.yml"]
+    assert sorted(os.listdir(tmp_path)) == ["data", "export", "run", "run.yml"]  # no export.tmp*
     assert os.listdir(output) == ["previous"]
 
 

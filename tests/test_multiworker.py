@@ -26,7 +26,7 @@ def free_ports(count):
     return ports
 
 
-def _launch(config, count=2):
+def _launch(*configs, count=2):
     """Starts ``count`` workers of one multi-worker run on 127.0.0.1."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(count)]
     processes = []
@@ -41,7 +41,7 @@ def _launch(config, count=2):
         }
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "seqtrain.cli", "train", "--config", config],
+                [sys.executable, "-m", "seqtrain.cli", "train", "--config", *configs],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -101,6 +101,24 @@ def test_a_dead_worker_stops_the_other_within_the_timeout(corpus, tmp_path):
                 os.killpg(process.pid, signal.SIGKILL)
     assert chief.returncode == 2, err[-3000:]
     message = err.strip().splitlines()[-1]
-    assert "train.worker_timeout" in message and "restart all workers" in message, message
-    assert tf.train.latest_checkpoint(str(run)) is not None  # the checkpoint at step 5 at least
+    assert "a collective operation failed (" in message, message
+    assert "another worker died" in message and "train.worker_timeout = 10 s" in message
+    assert "restart all workers: they resume from the last checkpoint" in message
     assert not (run / "seqtrain.lock").exists()
+    latest = tf.train.latest_checkpoint(str(run))
+    step = int(latest.rsplit("-", 1)[1])  # 5 at least
+    # Restart both: each restores the same checkpoint and they train on together.
+    more = write_config(tmp_path / "more.yml", {"train": {"max_step": step + 3}})
+    processes = _launch(config, more)
+    try:
+        outputs = [p.communicate(timeout=240)[1] for p in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    for process, err in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+        assert f"Restored checkpoint {latest}" in err
+    losses = [[m.groups() for m in map(LOSS.search, err.splitlines()) if m] for err in outputs]
+    assert [int(s) for s, _, _ in losses[0]] == [step + 1, step + 2, step + 3]
+    assert losses[0] == losses[1]
