@@ -9,6 +9,7 @@ and a clean stop on SIGINT/SIGTERM.
   new start may change what is safe (batch size, learning rate, max_step, eval settings: logged)
   but not what the weights depend on (the model section, the vocabularies and tokenizers).
   Every resolved configuration is kept: the previous ``config.yml`` becomes ``config.N.yml``.
+* ``check_same_step``: the workers of a multi-worker run must all resume from the same step.
 * ``StopRequest``: the first signal lets the current step finish, then the loop saves and stops;
   the second restores the default action, so it ends the process at once.
 """
@@ -195,4 +196,20 @@ class StopRequest:
         logger.warning(
             "%s: stopping after this step with a checkpoint; send it again to stop at once",
             signal.Signals(signum).name,
+        )
+
+
+def check_same_step(strategy, step: int) -> None:
+    """Every worker must resume from the same checkpoint (else their weights silently differ)."""
+    import tensorflow as tf  # training only: `seqtrain log` must stay light
+
+    def gather():
+        context = tf.distribute.get_replica_context()
+        return context.all_gather(tf.constant([step], tf.int64), axis=0)
+
+    steps = strategy.experimental_local_results(strategy.run(gather))[0].numpy().tolist()
+    if min(steps) != max(steps):
+        raise SeqtrainError(
+            f"the workers restored different steps ({steps}): model_dir must be on storage that "
+            "every worker reads, with the same path"
         )

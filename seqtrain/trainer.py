@@ -260,21 +260,6 @@ def _is_chief(strategy) -> bool:
     )
 
 
-def _check_same_step(strategy, step: int) -> None:
-    """Every worker must resume from the same checkpoint (else their weights silently differ)."""
-
-    def gather():
-        context = tf.distribute.get_replica_context()
-        return context.all_gather(tf.constant([step], tf.int64), axis=0)
-
-    steps = strategy.experimental_local_results(strategy.run(gather))[0].numpy().tolist()
-    if min(steps) != max(steps):
-        raise SeqtrainError(
-            f"the workers restored different steps ({steps}): model_dir must be on storage that "
-            "every worker reads, with the same path"
-        )
-
-
 def _datasets(config, strategy, corpus, skip_batches: int):
     """Per-replica batch iterator; on resume it skips the batches already trained on, so that a
     restarted run sees the same batches as an uninterrupted one."""
@@ -321,7 +306,7 @@ def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | Non
     saver.restore(checkpoint_path)
     step = int(optimizer.iterations.numpy())
     if getattr(strategy, "cluster_resolver", None) is not None:
-        _check_same_step(strategy, step)
+        runguard.check_same_step(strategy, step)
     max_step = config.train.max_step
     if max_step and step >= max_step:
         logger.info("Training already reached max_step = %d; nothing to do", max_step)
@@ -337,31 +322,27 @@ def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | Non
     batches = _datasets(config, strategy, corpus, skip_batches=step * accum)
     logger.info("Compute dtype %s, XLA %s", dtype.name, "on" if config.train.jit_compile else "off")
     trainer = Trainer(
-        model,
-        optimizer,
-        config.params,
-        strategy,
-        seed=config.train.seed,
-        loss_scale=loss_scale,
-        jit_compile=config.train.jit_compile,
-        batch_spec=batches.element_spec,
-        micro_batches=accum,
-    )
-    writer = runlog.MetricsWriter(
-        config.model_dir,
-        tf.summary.create_file_writer(config.model_dir) if chief else None,
-    )
+        model, optimizer, config.params, strategy, seed=config.train.seed, loss_scale=loss_scale,
+        jit_compile=config.train.jit_compile, batch_spec=batches.element_spec, micro_batches=accum,
+    )  # fmt: skip
+    summaries = tf.summary.create_file_writer(config.model_dir) if chief else None
+    writer = runlog.MetricsWriter(config.model_dir, summaries)
     evaluator = None
     if config.eval.steps and config.data.eval_features_file:
         from seqtrain.evaluate import Evaluator  # decoding and sacrebleu: only when evaluating
 
         evaluator = Evaluator.for_training(config, model, chief=chief)
+    _guarded_loop(config, trainer, batches, accum, saver, writer, evaluator)
+
+
+def _guarded_loop(config, trainer, *loop_args) -> None:
+    """``_loop``, stopping cleanly on signals (one worker), with clear errors for lost peers."""
+    single = getattr(trainer.strategy, "cluster_resolver", None) is None
     # Workers of a multi-worker run would notice a signal at different steps and then wait for
     # each other forever in the collective save: there, signals keep their default action.
-    single = getattr(strategy, "cluster_resolver", None) is None
     with runguard.StopRequest() if single else contextlib.nullcontext() as stop:
         try:
-            _loop(config, trainer, batches, accum, saver, writer, evaluator, stop)
+            _loop(config, trainer, *loop_args, stop=stop)
         except PEER_LOST as e:
             if single:
                 raise
