@@ -92,11 +92,20 @@ class MetricsWriter:
         metadata = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
         )
-        with self.summary_writer.as_default(step=int(step)):
-            for name, value in values.items():
-                if name != "step":
-                    tf.summary.write(f"{kind}/{name}", tf.constant(float(value)), metadata=metadata)
-        self.summary_writer.flush()
+        try:
+            with self.summary_writer.as_default(step=int(step)):
+                for name, value in values.items():
+                    if name != "step":
+                        value = tf.constant(float(value))
+                        tf.summary.write(f"{kind}/{name}", value, metadata=metadata)
+            self.summary_writer.flush()
+        except tf.errors.OpError as e:  # e.g. "File too large", "No space left on device"
+            reason = e.message.strip().splitlines()[0].rsplit("; ", 1)[-1]
+            raise SeqtrainError(
+                f"{os.path.dirname(self.path)}: cannot write the TensorBoard events of step {step}"
+                f" ({reason}); free disk space and run the same command again: training resumes "
+                "from the last checkpoint"
+            ) from e
 
 
 def _ends_with_newline(path: str) -> bool:

@@ -74,12 +74,23 @@ def test_metrics_write_error_is_clear_and_keeps_earlier_records(tmp_path):
     finally:
         restore()
     assert "metrics.jsonl: cannot append the step 2 record (File too large)" in str(error.value)
+    events = [name for name in os.listdir(tmp_path) if name.startswith("events.out")]
+    size = os.path.getsize(tmp_path / events[0])
+    restore = _limit_file_size(size + 20)  # now the TensorBoard events file is full
+    try:
+        with pytest.raises(SeqtrainError) as error:
+            runlog.MetricsWriter(str(tmp_path), writer.summary_writer).write("eval", 1, {"bleu": 1})
+    finally:
+        restore()
+    assert str(error.value) == (
+        f"{tmp_path}: cannot write the TensorBoard events of step 1 (File too large); free disk "
+        "space and run the same command again: training resumes from the last checkpoint"
+    )
     # The cut record is skipped, the earlier one stays, and the next run starts a fresh line.
-    runlog.MetricsWriter(str(tmp_path), writer.summary_writer).write("train", 2, {"loss": 3.0})
-    assert [(r["step"], r["loss"]) for r in runlog.read_records(str(tmp_path))] == [
-        (1, 4.0),
-        (2, 3.0),
-    ]
+    summaries = tf.summary.create_file_writer(str(tmp_path / "later"))  # a new run's events file
+    runlog.MetricsWriter(str(tmp_path), summaries).write("train", 2, {"loss": 3.0})
+    records = [(r["kind"], r["step"]) for r in runlog.read_records(str(tmp_path))]
+    assert records == [("train", 1), ("eval", 1), ("train", 2)]
 
 
 def test_second_signal_ends_the_process_at_once():
