@@ -115,18 +115,20 @@ def mismatch_message(path: str, error: BaseException) -> str:
 def candidates(model_dir: str) -> list[str]:
     """Checkpoint prefixes of model_dir, newest step first: those the ``checkpoint`` state file
     lists plus every ``ckpt-N.index`` on disk (the state file itself may be lost or damaged)."""
-    found = set()
+    paths = []
     try:
         state = tf.train.get_checkpoint_state(model_dir)  # None when missing or unparsable
     except UNREADABLE:
         state = None
     if state is not None:
-        for path in [*state.all_model_checkpoint_paths, state.model_checkpoint_path]:
-            if path:
-                found.add(os.path.normpath(os.path.join(model_dir, path)))
-    for index in glob.glob(os.path.join(glob.escape(model_dir), "ckpt-*.index")):
-        found.add(os.path.normpath(index[: -len(".index")]))
-    return sorted(found, key=checkpoint_step, reverse=True)
+        paths += [*state.all_model_checkpoint_paths, state.model_checkpoint_path]
+    paths += [
+        i[: -len(".index")] for i in glob.glob(os.path.join(glob.escape(model_dir), "ckpt-*.index"))
+    ]
+    # Both kinds of path already start with model_dir (TF joins the state file's relative ones);
+    # one entry per checkpoint, whether the state file holds absolute or relative paths.
+    found = {os.path.abspath(p): os.path.normpath(p) for p in paths if p}
+    return sorted(found.values(), key=checkpoint_step, reverse=True)
 
 
 def restore_newest(read, model_dir: str) -> str | None:

@@ -189,6 +189,13 @@ def test_lost_state_file_still_finds_the_checkpoints(corpus, tmp_path):
     _assert_weights(model, weights[5])
 
 
+def test_candidates_of_a_relative_model_dir_are_listed_once(corpus, tmp_path, monkeypatch):
+    config = _config(corpus, tmp_path)
+    _save_steps(config, [3, 5])  # the state file lists them relative to model_dir
+    monkeypatch.chdir(tmp_path)
+    assert candidates("run") == [os.path.join("run", "ckpt-5"), os.path.join("run", "ckpt-3")]
+
+
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(corpus, tmp_path):
     config = _config(corpus, tmp_path)
     _save_steps(config, [2, 4])
