@@ -2,7 +2,8 @@
 
 Every subcommand imports its module lazily so that `seqtrain aer` or `seqtrain log` start in a
 fraction of a second without importing TensorFlow. A ``SeqtrainError`` anywhere becomes one line
-on stderr and exit status 2 (``--debug`` shows the traceback).
+on stderr and exit status 2 (``--debug`` shows the traceback); a training run stopped by
+SIGINT/SIGTERM saves a checkpoint, says so in one line and exits with 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import sys
 
 from seqtrain.align_words import SYMMETRIZATIONS  # no TensorFlow, no eflomal at import
-from seqtrain.errors import SeqtrainError
+from seqtrain.errors import Interrupted, SeqtrainError
 
 logger = logging.getLogger("seqtrain")
 
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except SeqtrainError as e:
         if args.debug:
             raise
+        if isinstance(e, Interrupted):
+            print(f"seqtrain {args.command}: {e}", file=sys.stderr)
+            return e.exit_status
         print(f"seqtrain {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

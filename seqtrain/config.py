@@ -125,6 +125,8 @@ class TrainConfig:
     seed: int = 1234  # shuffling, initialization and dropout seed
     mixed_precision: bool = False  # GPU: float16 + dynamic loss scaling; CPU: bfloat16
     jit_compile: bool = False  # XLA-compile the forward/backward (fixed bucket shapes only)
+    worker_timeout: float = _opt(600.0, minimum=1.0)  # multi-worker: seconds a collective waits
+    # for the other workers before the run stops with an error (a dead or hung worker)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import shutil
 
 import tensorflow as tf
 
-from seqtrain import alignment, decoding
+from seqtrain import alignment, checkpoints, decoding
 from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.vocab import SP_MARKER, UNK
@@ -41,38 +41,39 @@ logger = logging.getLogger(__name__)
 SP_UNKNOWN = " \u2047 "  # " ⁇ ": SentencePiece's decoding of the unknown piece
 
 
-def resolve_checkpoint(config, checkpoint_path: str | None = None) -> str:
-    """A checkpoint prefix from --checkpoint_path (prefix or directory) or model_dir's latest."""
+def restore_model(config, checkpoint_path: str | None = None):
+    """(model with restored weights, checkpoint path); the optimizer slots are not loaded.
+
+    checkpoint_path: a prefix (MODEL_DIR/ckpt-5000) or a directory (default model_dir), whose
+    newest readable checkpoint is used: unreadable newer ones are named in warnings.
+    """
+    model = build_model(config)
+    checkpoint = tf.train.Checkpoint(model=model)
+
+    def read(prefix):
+        try:
+            checkpoint.read(prefix).expect_partial().assert_existing_objects_matched()
+        except (AssertionError, ValueError) as e:
+            raise SeqtrainError(checkpoints.mismatch_message(prefix, e)) from e
+
     path = checkpoint_path or config.model_dir
     if checkpoint_path is None or os.path.isdir(path):
-        found = tf.train.latest_checkpoint(path) if os.path.isdir(path) else None
-        if found is None and os.path.exists(os.path.join(path, "ckpt.index")):
-            found = os.path.join(path, "ckpt")  # model_dir/best/ (written without a state file)
-        if found is None:
+        directory = path
+        path = checkpoints.restore_newest(read, directory) if os.path.isdir(directory) else None
+        if path is None and os.path.exists(os.path.join(directory, "ckpt.index")):
+            path = os.path.join(directory, "ckpt")  # model_dir/best/ (written without a state file)
+            checkpoints.read_or_explain(read, path)
+        if path is None:
             raise SeqtrainError(
-                f"{path}: no checkpoint found; train first, or give --checkpoint_path"
+                f"{directory}: no checkpoint found; train first, or give --checkpoint_path"
             )
-        return found
-    if not os.path.exists(f"{path}.index"):
+    elif not os.path.exists(f"{path}.index"):
         raise SeqtrainError(
             f"{path}: no such checkpoint ({path}.index is missing); give a prefix such as "
             "MODEL_DIR/ckpt-5000 or a directory holding checkpoints"
         )
-    return path
-
-
-def restore_model(config, checkpoint_path: str | None = None):
-    """(model with restored weights, checkpoint path); the optimizer slots are not loaded."""
-    path = resolve_checkpoint(config, checkpoint_path)
-    model = build_model(config)
-    try:
-        status = tf.train.Checkpoint(model=model).read(path).expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
-        raise SeqtrainError(
-            f"{path} does not match the model of this configuration ({str(e).splitlines()[0]}); "
-            "use the configuration the checkpoint was trained with"
-        ) from e
+    else:
+        checkpoints.read_or_explain(read, path)
     logger.info("Restored model weights from %s", path)
     return model, path
 
@@ -210,6 +211,23 @@ def export_model(config, model, output_dir: str) -> str:
     tmp = f"{output_dir}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     signatures = {"translate": module.translate, "serving_default": module.translate}
+    try:
+        _write_saved_model(config, module, tmp, signatures)
+    except (tf.errors.OpError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
+        kept = "the previous export there is unchanged" if os.path.exists(output_dir) else ""
+        raise SeqtrainError(
+            f"{output_dir}: cannot write the SavedModel ({checkpoints.reason(e)}); "
+            f"{kept or 'nothing was written'}: free disk space and run export again"
+        ) from e
+    if os.path.exists(output_dir):
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+    logger.info("Exported SavedModel to %s", output_dir)
+    return output_dir
+
+
+def _write_saved_model(config, module, tmp: str, signatures: dict) -> None:
     tf.saved_model.save(module, tmp, signatures=signatures)
     p = config.params
     info = {
@@ -228,11 +246,6 @@ def export_model(config, model, output_dir: str) -> str:
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     with open(os.path.join(tmp, "assets.extra", "seqtrain.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
-    logger.info("Exported SavedModel to %s", output_dir)
-    return output_dir
 
 
 def export(config, output_dir: str, checkpoint_path: str | None = None) -> str:

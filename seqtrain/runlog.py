@@ -63,6 +63,7 @@ class MetricsWriter:
     def __init__(self, model_dir: str, summary_writer=None):
         self.path = os.path.join(model_dir, METRICS_FILE)
         self.summary_writer = summary_writer  # a tf.summary writer, or None (non-chief worker)
+        self.checked_tail = False  # whether a cut last line (crash mid-write) was looked for
 
     def write(self, kind: str, step: int, values: dict, line: str | None = None) -> None:
         """kind is "train" or "eval"; values are plain floats keyed by metric name."""
@@ -71,8 +72,22 @@ class MetricsWriter:
         record = {"kind": kind, "step": int(step), **{k: float(v) for k, v in values.items()}}
         if self.summary_writer is None:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        text = json.dumps(record) + "\n"
+        if not self.checked_tail:
+            # A run killed mid-write (or a full disk) leaves a cut last line: start a fresh line
+            # so that the new records stay readable (the cut one is skipped by read_records).
+            self.checked_tail = True
+            if not _ends_with_newline(self.path):
+                logger.warning("%s: the last line was cut (an earlier crash?)", self.path)
+                text = "\n" + text
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise SeqtrainError(
+                f"{self.path}: cannot append the step {step} record ({e.strerror}); free disk "
+                "space and run the same command again: training resumes from the last checkpoint"
+            ) from e
         import tensorflow as tf  # only the writer needs TF; `seqtrain log` must stay light
         from tensorflow.core.framework import summary_pb2
 
@@ -81,11 +96,33 @@ class MetricsWriter:
         metadata = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
         )
-        with self.summary_writer.as_default(step=int(step)):
-            for name, value in values.items():
-                if name != "step":
-                    tf.summary.write(f"{kind}/{name}", tf.constant(float(value)), metadata=metadata)
-        self.summary_writer.flush()
+        try:
+            with self.summary_writer.as_default(step=int(step)):
+                for name, value in values.items():
+                    if name != "step":
+                        value = tf.constant(float(value))
+                        tf.summary.write(f"{kind}/{name}", value, metadata=metadata)
+            self.summary_writer.flush()
+        except tf.errors.OpError as e:  # e.g. "File too large", "No space left on device"
+            reason = e.message.strip().splitlines()[0].rsplit("; ", 1)[-1]
+            raise SeqtrainError(
+                f"{os.path.dirname(self.path)}: cannot write the TensorBoard events of step {step}"
+                f" ({reason}); free disk space and run the same command again: training resumes "
+                "from the last checkpoint"
+            ) from e
+
+
+def _ends_with_newline(path: str) -> bool:
+    """True for a missing or empty file or one whose last byte is a newline."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except FileNotFoundError:
+        return True
 
     def write_images(self, step: int, images) -> None:
         """(tag, PNG bytes) pairs as TensorBoard image summaries; nothing without a writer."""
@@ -124,13 +161,28 @@ def read_records(path: str) -> list[dict]:
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if path.endswith(".jsonl"):
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise SeqtrainError(f"{path}, line {number}: not JSON ({e.msg})") from e
+                record = _json_record(line)
+                if isinstance(record, str):
+                    # A crash or a full disk cuts a line: skip it, keep the rest of the run.
+                    logger.warning("%s, line %d: skipped, %s", path, number, record)
+                elif record is not None:
+                    records.append(record)
                 continue
             records.extend(_parse_log_line(line))
     return records
+
+
+def _json_record(line: str) -> dict | str | None:
+    """The record of one metrics.jsonl line, None for a blank line, or why it is unreadable."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"not JSON ({e.msg})"
+    if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+        return "not a record with a step"
+    return record
 
 
 def _parse_log_line(line: str) -> list[dict]:

@@ -13,35 +13,45 @@ whole global batch, so 1 replica, 2 replicas or 2 accumulation steps give the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import time
 
 import tensorflow as tf
 
+from seqtrain import checkpoints, data, losses, optim, runguard, runlog
 from seqtrain import config as cfg
-from seqtrain import data, losses, optim, runlog
 from seqtrain.checkpoints import Saver, build_model
-from seqtrain.errors import SeqtrainError
+from seqtrain.errors import Interrupted, SeqtrainError
 
 logger = logging.getLogger(__name__)
 
 SUM = tf.distribute.ReduceOp.SUM
+# What a multi-worker collective raises when a peer is gone or exceeds the timeout.
+PEER_LOST = (
+    tf.errors.DeadlineExceededError,
+    tf.errors.UnavailableError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
 
 
-def make_strategy(num_devices: int = 1) -> tf.distribute.Strategy:
+def make_strategy(num_devices: int = 1, worker_timeout: float = 600.0) -> tf.distribute.Strategy:
     """Multi-worker from TF_CONFIG, else Mirrored over ``num_devices`` local devices, else default.
 
     On a machine without GPUs, ``num_devices`` > 1 splits the CPU into logical devices (useful to
     check replica invariance; it is not faster). Must run before any other TensorFlow op.
+    worker_timeout: seconds a multi-worker collective waits for its peers (a dead worker).
     """
     workers = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])
     if len(workers) > 1:
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-            timeout_seconds=600.0,
+            timeout_seconds=worker_timeout,
         )
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if num_devices <= 1:
@@ -267,13 +277,22 @@ def _datasets(config, strategy, corpus, skip_batches: int):
 
 
 def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None = None) -> None:
-    """``seqtrain train``: validate the data, then train until max_step (or early stopping)."""
-    strategy = make_strategy(num_devices)
+    """``seqtrain train``: validate the data, then train until max_step (or early stopping).
+
+    The chief holds model_dir's lock for the whole run (a second run on it refuses to start).
+    """
+    strategy = make_strategy(num_devices, config.train.worker_timeout)
     chief = _is_chief(strategy)
-    corpus = data.load_corpus(config, "train")  # validates all three files first
     os.makedirs(config.model_dir, exist_ok=True)
-    if chief:
-        cfg.save_config(config, os.path.join(config.model_dir, "config.yml"))
+    with runguard.RunLock(config.model_dir) if chief else contextlib.nullcontext():
+        _train(config, strategy, chief, checkpoint_path)
+
+
+def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | None) -> None:
+    corpus = data.load_corpus(config, "train")  # validates all three files first
+    if chief:  # before any step: a changed model or vocabulary is an error on resume
+        resuming = checkpoint_path is None and bool(checkpoints.candidates(config.model_dir))
+        runguard.check_resume(config, resuming)
     dtype = compute_dtype(config.train.mixed_precision)
     with strategy.scope():
         model = build_model(config, dtype)
@@ -286,6 +305,8 @@ def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None 
     saver = Saver(checkpoint, config.model_dir, config.train.keep_checkpoint_max, chief=chief)
     saver.restore(checkpoint_path)
     step = int(optimizer.iterations.numpy())
+    if getattr(strategy, "cluster_resolver", None) is not None:
+        runguard.check_same_step(strategy, step)
     max_step = config.train.max_step
     if max_step and step >= max_step:
         logger.info("Training already reached max_step = %d; nothing to do", max_step)
@@ -301,34 +322,47 @@ def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None 
     batches = _datasets(config, strategy, corpus, skip_batches=step * accum)
     logger.info("Compute dtype %s, XLA %s", dtype.name, "on" if config.train.jit_compile else "off")
     trainer = Trainer(
-        model,
-        optimizer,
-        config.params,
-        strategy,
-        seed=config.train.seed,
-        loss_scale=loss_scale,
-        jit_compile=config.train.jit_compile,
-        batch_spec=batches.element_spec,
-        micro_batches=accum,
-    )
-    writer = runlog.MetricsWriter(
-        config.model_dir,
-        tf.summary.create_file_writer(config.model_dir) if chief else None,
-    )
+        model, optimizer, config.params, strategy, seed=config.train.seed, loss_scale=loss_scale,
+        jit_compile=config.train.jit_compile, batch_spec=batches.element_spec, micro_batches=accum,
+    )  # fmt: skip
+    summaries = tf.summary.create_file_writer(config.model_dir) if chief else None
+    writer = runlog.MetricsWriter(config.model_dir, summaries)
     evaluator = None
     if config.eval.steps and config.data.eval_features_file:
         from seqtrain.evaluate import Evaluator  # decoding and sacrebleu: only when evaluating
 
         evaluator = Evaluator.for_training(config, model, chief=chief)
-    _loop(config, trainer, batches, accum, saver, writer, evaluator)
+    _guarded_loop(config, trainer, batches, accum, saver, writer, evaluator)
 
 
-def _loop(config, trainer, batches, accum, saver, writer, evaluator) -> None:
-    """Runs updates until max_step; logs, evaluates and checkpoints on their periods."""
+def _guarded_loop(config, trainer, *loop_args) -> None:
+    """``_loop``, stopping cleanly on signals (one worker), with clear errors for lost peers."""
+    single = getattr(trainer.strategy, "cluster_resolver", None) is None
+    # Workers of a multi-worker run would notice a signal at different steps and then wait for
+    # each other forever in the collective save: there, signals keep their default action.
+    with runguard.StopRequest() if single else contextlib.nullcontext() as stop:
+        try:
+            _loop(config, trainer, *loop_args, stop=stop)
+        except PEER_LOST as e:
+            if single:
+                raise
+            raise SeqtrainError(
+                f"a collective operation failed ({checkpoints.reason(e)}): another worker died "
+                "(TensorFlow's heartbeat check) or did not answer within train.worker_timeout = "
+                f"{config.train.worker_timeout:g} s; restart all workers: they resume from the "
+                "last checkpoint"
+            ) from e
+
+
+def _loop(config, trainer, batches, accum, saver, writer, evaluator, stop=None) -> None:
+    """Runs updates until max_step; logs, evaluates and checkpoints on their periods; on a
+    stop request (SIGINT/SIGTERM) saves and raises ``Interrupted`` after the current step."""
     train, optimizer = config.train, trainer.optimizer
     step = int(optimizer.iterations.numpy())
     last_saved, progress = step, Progress()
     while train.max_step is None or step < train.max_step:
+        if stop is not None and stop.signal is not None:
+            _interrupted(saver, step, last_saved, stop.signal)
         outputs = trainer.step([next(batches) for _ in range(accum)])
         if not bool(outputs["finite"]):  # one scalar per step: cheap next to the step itself
             if "loss_scale" in outputs and float(outputs["loss_scale"]) >= 1.0:
@@ -358,3 +392,13 @@ def _loop(config, trainer, batches, accum, saver, writer, evaluator) -> None:
                 if last_saved != step:
                     saver.save(step)
                 break
+
+
+def _interrupted(saver, step: int, last_saved: int, signum: int) -> None:
+    """Saves the current step (unless just saved) and raises ``Interrupted``."""
+    saved = f"checkpoint {saver.save(step)}" if step != last_saved else "its checkpoint"
+    raise Interrupted(
+        f"stopped by {signal.Signals(signum).name} after step {step}; {saved} holds it: run the "
+        "same command to resume",
+        signum,
+    )

@@ -16,7 +16,7 @@ STAGES = [
     {"model"},
     {"losses"},
     {"optim"},
-    {"checkpoints", "runlog"},
+    {"checkpoints", "runlog", "runguard"},
     {"decoding"},
     {"export"},
     {"translate"},
