@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config, write_config
+from conftest import HANG_GUARD, tiny_config, write_config
 
 LOSS = re.compile(r"Step = (\d+) ; .* Loss = (\d+\.\d+) ; CE = (\d+\.\d+)")
 
@@ -53,7 +53,7 @@ def test_two_workers_train_and_agree(corpus, tmp_path):
     outputs = []
     try:
         for process in processes:
-            _, err = process.communicate(timeout=240)
+            _, err = process.communicate(timeout=HANG_GUARD)
             outputs.append((process.returncode, err))
     finally:
         for process in processes:  # the workers ignore SIGTERM while waiting for their peer

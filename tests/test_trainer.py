@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_cli, tiny_config, write_config
+from conftest import HANG_GUARD, run_cli, tiny_config, write_config
 
 from seqtrain import losses
 from seqtrain.config import ParamsConfig, TrainConfig
@@ -30,7 +30,7 @@ def invariance():
         [sys.executable, os.path.join(HERE, "scripts", "replica_invariance.py")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
