@@ -44,6 +44,7 @@ def test_compute_dtype_on_this_machine():
     assert trainer.compute_dtype(True) == tf.bfloat16 and trainer.compute_dtype(False) == tf.float32
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="CPU path")
 def test_bfloat16_training_tracks_float32_and_restores_into_float32(corpus, tmp_path):
     """STEPS updates with train.mixed_precision (bfloat16 on CPU) vs float32, same seed and
@@ -78,6 +79,7 @@ def test_bfloat16_training_tracks_float32_and_restores_into_float32(corpus, tmp_
     assert tf.train.latest_checkpoint(resumed.model_dir).endswith(f"ckpt-{STEPS + 2}")
 
 
+@pytest.mark.slow
 def test_jit_compile_trains(corpus, tmp_path):
     """train.jit_compile: true XLA-compiles the forward/backward; same losses as without XLA."""
     plain = run_config(corpus, tmp_path / "plain", max_step=2)
