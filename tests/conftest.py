@@ -100,7 +100,13 @@ def write_config(path, config):
     return str(path)
 
 
-def run_cli(*args, cwd=None, env=None, timeout=300):
+# Subprocesses get a deadlock guard, not a speed expectation: a lone multi-worker process blocks
+# forever, and a hung test must fail rather than stall CI. It is far above any test's run time on
+# a loaded 2-core machine; raise it with SEQTRAIN_TEST_HANG_GUARD (seconds) on slower ones.
+HANG_GUARD = float(os.environ.get("SEQTRAIN_TEST_HANG_GUARD", "1800"))
+
+
+def run_cli(*args, cwd=None, env=None, timeout=HANG_GUARD):
     """Runs ``python -m seqtrain.cli ARGS``; returns the CompletedProcess (text)."""
     return subprocess.run(
         [sys.executable, "-m", "seqtrain.cli", *args],

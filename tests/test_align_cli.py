@@ -198,6 +198,6 @@ def test_align_then_train_on_toy_data(tmp_path):
     # Measured: about 0.10 against about 0.9.
     assert aligned < 0.2 and aligned < 0.3 * shuffled
 
-    proc = run_cli("train", "--config", config_path, timeout=600)
+    proc = run_cli("train", "--config", config_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"Step = 5 ; .* ; Alignment = \d+\.\d{6}$", proc.stderr, re.MULTILINE)

@@ -6,9 +6,10 @@ import logging
 import os
 import random
 import sys
-import time
+import threading
 
 import pytest
+from conftest import HANG_GUARD
 
 from seqtrain import align_words
 from seqtrain.aer import score
@@ -342,15 +343,37 @@ def test_progress_and_summary_are_logged(tmp_path, files, fake_eflomal, monkeypa
     assert "3 lines, 8 links, 0.889 links per target word, 0 lines without links" in caplog.text
 
 
+class _BeatCounter(logging.Handler):
+    """Counts "still running" records; ``enough`` is set once ``wanted`` have arrived."""
+
+    def __init__(self, wanted):
+        super().__init__(logging.INFO)
+        self.wanted, self.count, self.enough = wanted, 0, threading.Event()
+
+    def emit(self, record):
+        if "aligning: still running" in record.getMessage():
+            self.count += 1
+            if self.count >= self.wanted:
+                self.enough.set()
+
+
 def test_heartbeat_logs_while_the_block_runs(monkeypatch, caplog):
-    monkeypatch.setattr(align_words, "HEARTBEAT_SECONDS", 0.02)
+    """Counts events, not milliseconds: the block waits for two beats (however slow the
+    machine), and leaving it stops the beating thread (it is joined, so no beat can follow)."""
+    monkeypatch.setattr(align_words, "HEARTBEAT_SECONDS", 0.01)
     caplog.set_level(logging.INFO, logger="seqtrain")
-    with align_words._heartbeat("aligning"):
-        time.sleep(0.15)
-    beats = caplog.text.count("aligning: still running")
-    assert beats >= 2
-    time.sleep(0.1)
-    assert caplog.text.count("aligning: still running") == beats  # stopped with the block
+    counter = _BeatCounter(wanted=2)
+    logging.getLogger("seqtrain").addHandler(counter)
+    try:
+        with align_words._heartbeat("aligning"):
+            # A generous bound only so that a broken heartbeat fails instead of hanging.
+            assert counter.enough.wait(timeout=HANG_GUARD), "no heartbeat while the block ran"
+        beats = counter.count
+        assert beats >= 2
+        assert not any(t.name == "seqtrain-align-heartbeat" for t in threading.enumerate())
+        assert counter.count == beats
+    finally:
+        logging.getLogger("seqtrain").removeHandler(counter)
 
 
 def _config(tmp_path, files, **data):

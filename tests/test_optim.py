@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import HANG_GUARD
 
 from seqtrain.errors import SeqtrainError
 from seqtrain.optim import (
@@ -317,7 +318,7 @@ def test_mirrored_strategy_matches_single_device(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "data" / "toy"
@@ -45,7 +46,7 @@ def corpus():
 
 def run_script(output_dir: Path, seed: int) -> None:
     cmd = [sys.executable, str(SCRIPT), "--output-dir", str(output_dir), "--seed", str(seed)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=HANG_GUARD)
 
 
 def test_regeneration_is_byte_identical(tmp_path):

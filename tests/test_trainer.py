@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_cli, tiny_config, write_config
+from conftest import HANG_GUARD, run_cli, tiny_config, write_config
 
 from seqtrain import losses
 from seqtrain.config import ParamsConfig, TrainConfig
@@ -30,7 +30,7 @@ def invariance():
         [sys.executable, os.path.join(HERE, "scripts", "replica_invariance.py")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
@@ -101,7 +101,8 @@ def _events(model_dir):
 
 def test_train_logs_metrics_tensorboard_and_checkpoints(corpus, tmp_path):
     run = tmp_path / "run"
-    config = write_config(tmp_path / "run.yml", tiny_config(corpus, run))
+    train = {"save_checkpoints_steps": 2, "keep_checkpoint_max": 2}
+    config = write_config(tmp_path / "run.yml", tiny_config(corpus, run, train=train))
     proc = run_cli("train", "--config", config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [m for m in (LOG_LINE.search(line) for line in proc.stderr.splitlines()) if m]
@@ -118,7 +119,8 @@ def test_train_logs_metrics_tensorboard_and_checkpoints(corpus, tmp_path):
     assert all(r["loss"] > r["ce"] for r in records)
     assert "train/alignment" in events and "train/grad_norm" in events
     assert tf.train.latest_checkpoint(str(run)).endswith("ckpt-6")
-    assert os.path.exists(run / "ckpt-5.index")
+    # Saved at steps 2, 4 and 6; the last keep_checkpoint_max = 2 are kept.
+    assert sorted(p.name for p in run.glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-6.index"]
     assert (run / "config.yml").exists()
     again = run_cli("train", "--config", config)
     assert again.returncode == 0 and "already reached max_step = 6" in again.stderr
