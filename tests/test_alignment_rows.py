@@ -181,12 +181,12 @@ def test_model_trained_on_diagonal_links_prints_them(tmp_path, row):
         eval_alignments=paths["dev.align"],
     )
     path = write_config(tmp_path / "run.yml", config)
-    proc = run_cli("train", "--config", path, timeout=1800)
+    proc = run_cli("train", "--config", path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "out.txt"
     proc = run_cli(
         "translate", "--config", path, "--features_file", paths["dev.src"],
-        "--predictions_file", str(out), "--with_alignments", "hard", timeout=1800,
+        "--predictions_file", str(out), "--with_alignments", "hard",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     references = open(paths["dev.tgt"], encoding="utf-8").read().splitlines()
@@ -198,6 +198,6 @@ def test_model_trained_on_diagonal_links_prints_them(tmp_path, row):
             checked.append(printed == links)
     assert len(checked) >= 30, f"only {len(checked)} of 40 dev lines translated exactly"
     assert all(checked), f"{checked.count(False)} translated lines have other links"
-    proc = run_cli("eval", "--config", path, timeout=1800)
+    proc = run_cli("eval", "--config", path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "aer = 0.00" in proc.stdout, proc.stdout
