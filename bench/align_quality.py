@@ -5,7 +5,7 @@ Aligns europarl-deen-gold-dev (dev.de → dev.en) with the onmt-toy-ende corpus 
 of every symmetrization against dev.de-en.gold, next to the shipped eflomal + atools
 grow-diag-final-and reference (dev.de-en.eflomal-gdfa.align, AER 20.4).
 
-    python bench/align_quality.py [--data /work/shared/data] [--extra-splits train valid test]
+    python bench/align_quality.py [--data ../shared/data] [--extra-splits train valid test]
 
 eflomal has no seed, so figures move a little (about ±0.5 AER) between runs.
 """
@@ -26,7 +26,13 @@ def read_lines(path: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="/work/shared/data", help="folder of the corpora")
+    parser.add_argument(
+        "--data",
+        default=os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"
+        ),
+        help="folder of the corpora",
+    )
     parser.add_argument(
         "--extra-splits",
         nargs="*",

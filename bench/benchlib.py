@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = "/work/shared/data/onmt-toy-ende"
+DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "onmt-toy-ende")
 DEFAULT_WORKDIR = os.path.join(os.path.expanduser("~"), ".cache", "seqtrain-bench")
 SEQTRAIN_PYTHON = os.environ.get("SEQTRAIN_PYTHON", sys.executable)
 

@@ -6,7 +6,7 @@ Trains a joint 8k SentencePiece model (into a temporary folder), then measures:
   3. one epoch of training batches (token batches, length buckets) through tf.data, with the
      gold alignment matrices and without them (best of --repeats epochs after a warm-up one).
 
-    python bench/data_pipeline.py [--data /work/shared/data/multi30k-de-en] [--batch-size 3072]
+    python bench/data_pipeline.py [--data ../shared/data/multi30k-de-en] [--batch-size 3072]
 """
 
 import argparse
@@ -52,7 +52,16 @@ def one_epoch(corpus, train: TrainConfig, with_alignment: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="/work/shared/data/multi30k-de-en")
+    parser.add_argument(
+        "--data",
+        default=os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "..",
+            "shared",
+            "data",
+            "multi30k-de-en",
+        ),
+    )
     parser.add_argument("--batch-size", type=int, default=3072, help="tokens per batch")
     parser.add_argument("--bucket-width", type=int, default=1)
     parser.add_argument("--vocab-size", type=int, default=8000)

@@ -11,7 +11,7 @@ size 1 decodes only the first ``--limit-batch1`` sentences (it is slow). Tokens/
 generated 1-best target tokens (``</s>`` excluded); a briefly trained model may ramble, so the
 mean output length and BLEU are printed beside it.
 
-Corpora: toy = data/toy (test.src/tgt; source -> target); multi30k = /work/shared/data/
+Corpora: toy = data/toy (test.src/tgt; source -> target); multi30k = ../shared/data/
 multi30k-de-en (test2016, German -> English, 8k-word vocabularies).
 """
 
@@ -33,7 +33,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPORA = {
     "toy": (os.path.join(ROOT, "data", "toy"), "train", "test", "src", "tgt", "src-tgt.align"),
     "multi30k": (
-        "/work/shared/data/multi30k-de-en",
+        os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "..",
+            "shared",
+            "data",
+            "multi30k-de-en",
+        ),
         "train",
         "test2016",
         "de",

@@ -111,19 +111,6 @@ class MetricsWriter:
                 "from the last checkpoint"
             ) from e
 
-
-def _ends_with_newline(path: str) -> bool:
-    """True for a missing or empty file or one whose last byte is a newline."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                return True
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
-    except FileNotFoundError:
-        return True
-
     def write_images(self, step: int, images) -> None:
         """(tag, PNG bytes) pairs as TensorBoard image summaries; nothing without a writer."""
         if self.summary_writer is None or not images:
@@ -142,6 +129,19 @@ def _ends_with_newline(path: str) -> bool:
                 value = tf.constant([str(width).encode(), str(height).encode(), png])
                 tf.summary.write(tag, value, metadata=metadata)
         self.summary_writer.flush()
+
+
+def _ends_with_newline(path: str) -> bool:
+    """True for a missing or empty file or one whose last byte is a newline."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except FileNotFoundError:
+        return True
 
 
 def png_size(png: bytes) -> tuple[int, int]:

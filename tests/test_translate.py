@@ -141,13 +141,18 @@ def test_translate_formats(run, tmp_path):
     config, files = run
     sources = read(files["src"])
     out = str(tmp_path / "out.txt")
-    translate.translate_command(
-        config, files["src"], out, with_alignments="hard", with_scores=True, n_best=2
+    argmax = dataclasses.replace(
+        config, params=dataclasses.replace(config.params, alignment_extraction="argmax")
     )
+    mutual = str(tmp_path / "mutual.txt")
+    for cfg_, path in ((argmax, out), (config, mutual)):  # config: the default, intersection
+        translate.translate_command(
+            cfg_, files["src"], path, with_alignments="hard", with_scores=True, n_best=2
+        )
     lines = read(out)
     assert len(lines) == 2 * len(sources)
     pattern = re.compile(r"(-?\d+\.\d{6}) \|\|\| (.*) \|\|\| ((?:\d+-\d+(?: \d+-\d+)*)?)")
-    for k, line in enumerate(lines):
+    for k, (line, line_mutual) in enumerate(zip(lines, read(mutual))):
         match = pattern.fullmatch(line)
         assert match, line
         tokens = match.group(2).split()
@@ -155,6 +160,11 @@ def test_translate_formats(run, tmp_path):
         source_length = len(sources[k // 2].split())
         assert [t for _, t in links] == list(range(len(tokens)))  # one link per target token
         assert all(0 <= s < source_length for s, _ in links)
+        # intersection: the same line with a subset of those links, each source used once.
+        match = pattern.fullmatch(line_mutual)
+        assert match and match.group(2) == " ".join(tokens), line_mutual
+        kept = [tuple(map(int, pair.split("-"))) for pair in match.group(3).split()]
+        assert set(kept) <= set(links) and len({s for s, _ in kept}) == len(kept)
     for k in range(0, len(lines), 2):  # best first
         assert float(lines[k].split(" |||")[0]) >= float(lines[k + 1].split(" |||")[0])
     # The plain 1-best output is the first of each n-best pair, without score and links.
