@@ -68,7 +68,11 @@ def test_translate_prints_scores_translations_and_links(trained, tmp_path):
         assert match, line
         words = match.group(2).split()
         links = [tuple(map(int, pair.split("-"))) for pair in match.group(3).split()]
-        assert [t for _, t in links] == list(range(len(words)))  # one link per target token
+        # params.alignment_extraction: intersection (the default): at most one link per target
+        # token and per source token, in target order.
+        targets = [t for _, t in links]
+        assert targets == sorted(set(targets)) and all(0 <= t < len(words) for t in targets)
+        assert len({s for s, _ in links}) == len(links)
         assert all(0 <= s < len(source.split()) for s, _ in links)
 
 
@@ -77,8 +81,10 @@ def eval_cli(config):
     proc = run_cli("eval", "--config", config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = proc.stdout.splitlines()
-    names = ["loss", "perplexity", "bleu", "chrf", "aer", "precision", "recall"]
-    match = re.fullmatch(" ; ".join(rf"{name} = ({FLOAT})" for name in names), line)
+    names = ["loss", "perplexity", "bleu", "chrf", "cut", "aer", "precision", "recall"]
+    # cut: the outputs cut at the length limit, a count.
+    fields = [rf"{name} = (\d+)" if name == "cut" else rf"{name} = ({FLOAT})" for name in names]
+    match = re.fullmatch(" ; ".join(fields), line)
     assert match, line
     assert re.search(r"loss = \d+\.\d{6} ;", line)  # loss to 6 decimals, the rest to 2
     return dict(zip(names, map(float, match.groups())))
