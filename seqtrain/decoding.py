@@ -107,6 +107,9 @@ def greedy_search(model, source_ids, source_length, maximum_length):
         ended = tf.logical_or(state["finished"], tf.equal(tokens, EOS_ID))
         # A sentence whose limit is reached is finished too (cut; this token counts).
         finished = tf.logical_or(ended, state["step"] + 1 >= limits)
+        history = state["attention"]
+        if model.incremental_alignment:  # else forced_alignment gives the rows after the search
+            history = tf.concat([history, attention[:, tf.newaxis]], axis=1)
         return {
             "step": state["step"] + 1,
             "inputs": tokens,
@@ -116,7 +119,7 @@ def greedy_search(model, source_ids, source_length, maximum_length):
             "lengths": state["lengths"] + tf.cast(tf.logical_not(ended), tf.int32),
             "scores": state["scores"] + tf.where(state["finished"], 0.0, token_scores),
             "ids": tf.concat([state["ids"], tokens[:, tf.newaxis]], axis=1),
-            "attention": tf.concat([state["attention"], attention[:, tf.newaxis]], axis=1),
+            "attention": history,
         }
 
     state = _decode_loop(model, state, step_fn, limits)
@@ -246,8 +249,11 @@ def _beam_step(model, state, batch, k, alpha, n_best, limits):
     _, top = tf.math.top_k(tf.reshape(scores, [batch, k * vocab]), k=k)  # [B, K]
     parent, tokens = top // vocab, top % vocab
     flat_parent = tf.reshape(parent + tf.range(batch)[:, tf.newaxis] * k, [-1])
-    attention = tf.gather(tf.reshape(attention, [batch, k, -1]), parent, batch_dims=1)
-    history = tf.gather(state["attention"], parent, batch_dims=1)
+    history = state["attention"]
+    if model.incremental_alignment:  # else forced_alignment gives the rows after the search
+        rows = tf.gather(tf.reshape(attention, [batch, k, -1]), parent, batch_dims=1)
+        history = tf.gather(history, parent, batch_dims=1)
+        history = tf.concat([history, rows[:, :, tf.newaxis]], axis=2)
     # The </s> that extends a frozen beam ends nothing new (an open beam of a done sentence
     # stays open, its length unchanged; its ids past the length are masked at the end).
     opens_eos = tf.logical_and(
@@ -268,7 +274,7 @@ def _beam_step(model, state, batch, k, alpha, n_best, limits):
         "ids": tf.concat(
             [tf.gather(state["ids"], parent, batch_dims=1), tokens[:, :, tf.newaxis]], axis=2
         ),
-        "attention": tf.concat([history, attention[:, :, tf.newaxis]], axis=2),
+        "attention": history,
     }
 
 
