@@ -140,6 +140,16 @@ def cmd_export(args) -> None:
     print(f"SavedModel: {path}")
 
 
+def cmd_import_opennmt(args) -> None:
+    config = _load(args, "infer")
+    from seqtrain import import_opennmt
+
+    path = import_opennmt.import_checkpoint(
+        config, args.checkpoint, args.output_dir, weights_only=args.weights_only
+    )
+    print(f"seqtrain checkpoint: {path}")
+
+
 def cmd_aer(args) -> None:
     from seqtrain import aer
 
@@ -257,6 +267,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--checkpoint_path")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-opennmt", help="convert an OpenNMT-tf Transformer checkpoint")
+    _add_config(p)
+    p.add_argument("--checkpoint", required=True, help="OpenNMT-tf model_dir or checkpoint prefix")
+    p.add_argument("--output_dir", required=True, help="new model_dir for the seqtrain checkpoint")
+    p.add_argument("--weights_only", action="store_true", help="no Adam moments, start at step 0")
+    p.set_defaults(func=cmd_import_opennmt)
 
     p = sub.add_parser("aer", help="alignment error rate of a Pharaoh file against a gold one")
     p.add_argument("--reference", required=True, help="gold: sure i-j, possible ipj or i?j")

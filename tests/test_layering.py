@@ -23,6 +23,7 @@ STAGES = [
     {"alignment_plot"},
     {"evaluate"},
     {"trainer"},
+    {"import_opennmt"},
     {"cli"},
 ]
 STAGE_OF = {name: i for i, names in enumerate(STAGES) for name in names}
