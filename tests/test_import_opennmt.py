@@ -314,3 +314,40 @@ def test_missing_or_damaged_checkpoint_is_one_line_error(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "unreadable checkpoint" in error
     assert not os.path.exists(tmp_path / "run")
+
+
+def tied_checkpoint(directory):
+    """The fixture without its output kernel: OpenNMT-tf's layout for share_embeddings TARGET
+    (the output layer reuses the target embedding; only its bias is a variable)."""
+    reader = tf.train.load_checkpoint(fixture_path(REFERENCE["checkpoint"]))
+    names = [n for n, _ in tf.train.list_variables(fixture_path(REFERENCE["checkpoint"]))]
+    names = [n for n in names if "output_layer/kernel" not in n and "OBJECT_GRAPH" not in n]
+    prefix = str(directory / "ckpt-7")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[reader.get_tensor(n) for n in names])  # fmt: skip
+    return prefix
+
+
+def test_tied_output_layer_maps_to_share_embeddings_target(tmp_path, capsys):
+    prefix = tied_checkpoint(tmp_path)
+    config = seqtrain_config(tmp_path, tmp_path / "none")
+    assert run("import-opennmt", "--config", config, "--checkpoint", prefix,
+               "--output_dir", str(tmp_path / "none")) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    assert "model.share_embeddings: target" in error and "says none" in error
+    config = seqtrain_config(tmp_path, tmp_path / "run", model={"share_embeddings": "target"})
+    assert run("import-opennmt", "--config", config, "--checkpoint", prefix,
+               "--output_dir", str(tmp_path / "run")) == 0  # fmt: skip
+    ours = tf.train.load_checkpoint(str(tmp_path / "run" / f"ckpt-{STEP}"))
+    theirs = tf.train.load_checkpoint(prefix)
+    value, tgt = "/.ATTRIBUTES/VARIABLE_VALUE", opennmt_column("tgt.vocab")
+    np.testing.assert_array_equal(
+        ours.get_tensor(f"model/target_embedding{value}"),
+        theirs.get_tensor(f"model/examples_inputter/labels_inputter/embedding{value}")[tgt],
+    )
+    np.testing.assert_array_equal(
+        ours.get_tensor(f"model/output_bias{value}"),
+        theirs.get_tensor(f"model/decoder/output_layer/bias{value}")[tgt],
+    )
+    assert not any(n.startswith("model/output/") for n, _ in tf.train.list_variables(
+        str(tmp_path / "run" / f"ckpt-{STEP}")))  # fmt: skip
