@@ -9,11 +9,14 @@ in-process through ``seqtrain.cli.main`` (argparse, error handling, exit status 
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from conftest import HANG_GUARD
 
 from seqtrain import cli, losses
 from seqtrain import config as cfg
@@ -351,3 +354,28 @@ def test_tied_output_layer_maps_to_share_embeddings_target(tmp_path, capsys):
     )
     assert not any(n.startswith("model/output/") for n, _ in tf.train.list_variables(
         str(tmp_path / "run" / f"ckpt-{STEP}")))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_exported_import_translates_as_opennmt(imported, tmp_path):
+    """The SavedModel of the import, loaded by plain TensorFlow, gives OpenNMT-tf's greedy
+    translations and hard alignments."""
+    config, _ = imported
+    assert run("export", "--config", config, "--output_dir", str(tmp_path / "export")) == 0
+    loader = (
+        "import json, sys; import tensorflow as tf; "
+        "f = tf.saved_model.load(sys.argv[1]).signatures['translate']; "
+        "out = f(sentences=tf.constant(json.loads(sys.argv[2]))); "
+        "print(json.dumps({k: [x.decode() for x in out[k].numpy()] "
+        "for k in ('translations', 'alignments')}))"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    sources = json.dumps(read_lines("batch.src"))
+    result = subprocess.run(
+        [sys.executable, "-c", loader, str(tmp_path / "export"), sources],
+        capture_output=True, text=True, env=env, timeout=HANG_GUARD, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    lines = [f"{t} ||| {a}" for t, a in zip(out["translations"], out["alignments"])]
+    assert lines == read_lines("greedy.txt")
