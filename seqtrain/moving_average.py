@@ -42,7 +42,9 @@ class MovingAverage:
 
     def __init__(self, variables, decay: float, step: tf.Variable):
         if not 0.9 <= decay <= 1.0:
-            logger.warning("train.moving_average_decay = %g: values close to 1 (0.9999) are usual")
+            logger.warning(
+                "train.moving_average_decay = %g: values near 1 (0.9999) are usual", decay
+            )
         self.variables = list(variables)
         self.decay = float(decay)
         self.step = step

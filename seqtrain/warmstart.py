@@ -67,8 +67,13 @@ def initial_checkpoint(
         return None
     prefix = resolve(checkpoint_path)
     check_vocabularies(config, prefix)
-    check_shapes(config, prefix)
-    if continue_from_checkpoint and not _has_optimizer(prefix):
+    try:
+        check_shapes(config, prefix)
+        has_optimizer = _has_optimizer(prefix)
+    except checkpoints.UNREADABLE as e:
+        what = checkpoints.describe(prefix, e)
+        raise SeqtrainError(f"{prefix}: unreadable checkpoint: {what}") from e
+    if continue_from_checkpoint and not has_optimizer:
         raise SeqtrainError(
             f"{prefix} holds model weights only (an averaged or best checkpoint): drop "
             "--continue_from_checkpoint to fine-tune from it with a fresh optimizer"

@@ -23,14 +23,13 @@ from seqtrain.trainer import make_optimizer
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """(corpus paths, source model_dir, its config path): trained by the CLI."""
+    """(corpus paths, source model_dir, its config path), trained in-process."""
     root = tmp_path_factory.mktemp("source")
     corpus = make_corpus(str(root / "data"))
     train = {"save_checkpoints_steps": 2, "max_step": 4, "keep_checkpoint_max": 1}
     train["average_last_checkpoints"] = 2  # keeps 2 checkpoints although keep_checkpoint_max is 1
     config = write_config(root / "run.yml", tiny_config(corpus, root / "run", train=train))
-    proc = run_cli("train", "--config", config)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    trainer.train(load_config([config]))
     return corpus, str(root / "run"), config
 
 
@@ -71,24 +70,25 @@ def before_updates(monkeypatch):
 
 def test_fine_tuning_starts_at_step_0_with_the_given_weights(source, tmp_path, before_updates):
     corpus, run, _ = source
-    config = _config(corpus, tmp_path, train={"max_step": 2, "save_checkpoints_steps": 1})
+    config = _config(corpus, tmp_path, train={"max_step": 1, "save_checkpoints_steps": 1})
     trainer.train(config, checkpoint_path=os.path.join(run, "ckpt-4"))
 
-    weights, slots, step = before_updates[0]
+    (weights, slots, step), *_ = before_updates
     expected, _ = _restored(config, os.path.join(run, "ckpt-4"))
     assert step == 0
     for value, variable in zip(weights, expected.variables):
         np.testing.assert_array_equal(value, variable.numpy())
     assert all(not s.any() for s in slots)  # fresh Adam moments
-    assert os.path.exists(os.path.join(config.model_dir, "ckpt-1.index"))
-    assert (
-        tf.train.load_checkpoint(os.path.join(config.model_dir, "ckpt-2")).get_tensor(
-            "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE"
-        )
-        == 2
-    )
+    first = tf.train.load_checkpoint(os.path.join(config.model_dir, "ckpt-1"))
+    assert first.get_tensor("optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE") == 1
 
-    # The same command again: model_dir's own checkpoint wins (resume at step 2, not step 0).
+
+@pytest.mark.slow
+def test_the_same_fine_tuning_command_resumes(source, tmp_path, before_updates):
+    """model_dir's own checkpoint wins over --checkpoint_path: a re-run resumes at its step."""
+    corpus, run, _ = source
+    config = _config(corpus, tmp_path, train={"max_step": 2, "save_checkpoints_steps": 1})
+    trainer.train(config, checkpoint_path=os.path.join(run, "ckpt-4"))
     before_updates.clear()
     config = _config(corpus, tmp_path, train={"max_step": 3, "save_checkpoints_steps": 1})
     trainer.train(config, checkpoint_path=os.path.join(run, "ckpt-4"))
@@ -185,6 +185,14 @@ def test_continue_needs_optimizer_state_and_a_checkpoint_path(source, tmp_path):
         warmstart.initial_checkpoint(config, None, True)
     with pytest.raises(SeqtrainError, match="no such checkpoint"):
         warmstart.initial_checkpoint(config, os.path.join(run, "ckpt-3"))
+
+
+def test_an_unreadable_checkpoint_path_is_named(corpus, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "ckpt-4.index").write_bytes(b"not an index")
+    with pytest.raises(SeqtrainError, match=r"broken/ckpt-4: unreadable checkpoint: ckpt-4\.data"):
+        warmstart.initial_checkpoint(_config(corpus, tmp_path), str(broken))
 
 
 def test_average_last_checkpoints_is_the_mean_of_the_last_two(source):

@@ -9,7 +9,7 @@ from conftest import tiny_config, write_config
 from seqtrain import evaluate, trainer
 from seqtrain.checkpoints import build_model
 from seqtrain.config import load_config
-from seqtrain.moving_average import MovingAverage
+from seqtrain.moving_average import MovingAverage, load_training_weights
 
 DECAY = 0.3  # min(0.3, (1 + k) / (10 + k)): 0.25 at k = 2, then 0.3 (both branches used)
 
@@ -50,6 +50,11 @@ def test_hand_computed_average_swap_and_restore(tmp_path):
     assert restored.restore(path)
     np.testing.assert_array_equal(y.numpy(), [5.0, 1.0])
     np.testing.assert_allclose(restored.shadow[0].numpy(), [4.25, 0.55], rtol=1e-6)
+
+    # A run without the average resuming from it continues from the training weights.
+    z = tf.Variable([4.25, 0.55])
+    assert load_training_weights([z], path)
+    np.testing.assert_array_equal(z.numpy(), [5.0, 1.0])
 
 
 def _expected(weights_per_step, first_step, start=None):
