@@ -15,6 +15,8 @@ that started from other weights or another step would silently diverge.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import glob
 import logging
 import os
@@ -25,8 +27,10 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from seqtrain import config as cfg
 from seqtrain.errors import SeqtrainError
 from seqtrain.model import Transformer
+from seqtrain.moving_average import CHECKPOINT_KEY
 from seqtrain.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,13 @@ class Saver:
         directory = model_dir if chief else tempfile.mkdtemp(prefix="seqtrain-worker-")
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
         self.checkpoint = checkpoint
+        self.swap = contextlib.nullcontext  # what surrounds a save (the moving average's swap)
+
+    def keep_average(self, moving_average) -> None:
+        """Saves ``moving_average``'s weights as the model's and the training weights beside
+        them (see seqtrain.moving_average)."""
+        setattr(self.checkpoint, CHECKPOINT_KEY, moving_average.trackable)
+        self.swap = moving_average.swapped
 
     def restore(self, path: str | None = None) -> str | None:
         """Restores ``path``, else the newest readable checkpoint of model_dir; returns what was
@@ -55,7 +66,8 @@ class Saver:
 
         def read(prefix):
             try:
-                self.checkpoint.restore(prefix).assert_existing_objects_matched()
+                # expect_partial: a checkpoint may also hold a moving average's weights.
+                self.checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
             except (AssertionError, ValueError) as e:
                 raise SeqtrainError(mismatch_message(prefix, e)) from e
 
@@ -71,7 +83,8 @@ class Saver:
         """Writes ckpt-STEP; on a write error (full disk) removes what it left and stops."""
         directory = self.manager.directory
         try:
-            path = self.manager.save(checkpoint_number=step)
+            with self.swap():
+                path = self.manager.save(checkpoint_number=step)
         except (tf.errors.OpError, OSError) as e:
             shutil.rmtree(os.path.join(directory, f"ckpt-{step}_temp"), ignore_errors=True)
             if not self.chief:
@@ -183,8 +196,10 @@ def checkpoint_step(path: str) -> int:
 def average_checkpoints(config, output_dir: str | None = None, max_count: int = 8) -> str:
     """Averages the model weights of the last ``max_count`` checkpoints of model_dir.
 
-    The average is written as a model-only checkpoint (step of the newest input) in output_dir,
-    loadable by ``translate``, ``eval`` and ``export`` through ``--checkpoint_path``.
+    The average is written as a model-only checkpoint (step of the newest input) in output_dir
+    (default model_dir/avg), with a config.yml whose model_dir is output_dir: ``translate``,
+    ``eval`` and ``export`` read it through ``--checkpoint_path OUTPUT_DIR`` or that config, and
+    ``train --checkpoint_path OUTPUT_DIR`` fine-tunes from it.
     """
     state = tf.train.get_checkpoint_state(config.model_dir)
     if state is None or not state.all_model_checkpoint_paths:
@@ -193,7 +208,10 @@ def average_checkpoints(config, output_dir: str | None = None, max_count: int = 
     output_dir = output_dir or os.path.join(config.model_dir, "avg")
     if os.path.abspath(output_dir) == os.path.abspath(config.model_dir):
         raise SeqtrainError("--output_dir must differ from model_dir (it would mix checkpoints)")
-    return average_into(build_model(config), paths, output_dir)
+    path = average_into(build_model(config), paths, output_dir)
+    config_path = os.path.join(output_dir, "config.yml")  # as runguard writes it in model_dir
+    cfg.save_config(dataclasses.replace(config, model_dir=output_dir), config_path)
+    return path
 
 
 def build_model(config, compute_dtype=tf.float32) -> Transformer:

@@ -9,6 +9,7 @@ SIGINT/SIGTERM saves a checkpoint, says so in one line and exits with 128 + the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -44,7 +45,12 @@ def cmd_train(args) -> None:
     config = _load(args, "train")  # before importing TensorFlow: config errors stay instant
     from seqtrain import trainer
 
-    trainer.train(config, num_devices=args.num_devices, checkpoint_path=args.checkpoint_path)
+    trainer.train(
+        config,
+        num_devices=args.num_devices,
+        checkpoint_path=args.checkpoint_path,
+        continue_from_checkpoint=args.continue_from_checkpoint,
+    )
 
 
 def cmd_check_data(args) -> None:
@@ -125,7 +131,12 @@ def cmd_plot_alignment(args) -> None:
 
 
 def cmd_average(args) -> None:
-    config = _load(args)
+    if not (args.config or args.model_dir):
+        raise SeqtrainError("give --config or --model_dir (whose config.yml is then read)")
+    args.config = args.config or [os.path.join(args.model_dir, "config.yml")]
+    config = _load(args, "infer")
+    if args.model_dir:  # as onmt-main's --model_dir: overrides the configuration's
+        config = dataclasses.replace(config, model_dir=args.model_dir)
     from seqtrain import checkpoints
 
     path = checkpoints.average_checkpoints(config, args.output_dir, max_count=args.max_count)
@@ -210,7 +221,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model")
     _add_config(p)
     p.add_argument("--num-devices", type=int, default=1, help="replicas on this machine")
-    p.add_argument("--checkpoint_path", help="initialize from this checkpoint")
+    p.add_argument(
+        "--checkpoint_path",
+        help="start from this model (prefix or directory): weights only, step 0, unless "
+        "--continue_from_checkpoint; ignored when model_dir holds a checkpoint (resume)",
+    )
+    p.add_argument(
+        "--continue_from_checkpoint",
+        action="store_true",
+        help="also restore the optimizer state and step of --checkpoint_path",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check-data", help="validate text, vocabularies and alignment files")
@@ -257,7 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot_alignment)
 
     p = sub.add_parser("average-checkpoints", help="average the last checkpoints' weights")
-    _add_config(p)
+    _add_config(p, required=False)
+    p.add_argument("--model_dir", help="the checkpoints to average (default: the config's)")
     p.add_argument("--output_dir", help="default: MODEL_DIR/avg")
     p.add_argument("--max_count", type=int, default=8)
     p.set_defaults(func=cmd_average)

@@ -120,6 +120,10 @@ class TrainConfig:
     sample_buffer_size: int = _opt(500000, minimum=-1)  # shuffle buffer, -1 = whole corpus
     save_checkpoints_steps: int = _opt(5000, minimum=1)  # checkpoint period (steps)
     keep_checkpoint_max: int = _opt(8, minimum=1)  # checkpoints kept on disk
+    average_last_checkpoints: int = _opt(0, minimum=0)  # at the end, average the last N
+    # checkpoints into model_dir/avg (keeps at least N); 0 = off
+    moving_average_decay: Optional[float] = _opt(None, minimum=0.0, maximum=1.0)  # exponential
+    # moving average of the weights (e.g. 0.9999), used by eval, export, checkpoints; null = off
     save_summary_steps: int = _opt(100, minimum=1)  # log line / TensorBoard period (steps)
     max_step: Optional[int] = _opt(500000, minimum=1)  # stop after this many updates
     seed: int = 1234  # shuffling, initialization and dropout seed

@@ -19,14 +19,14 @@ import logging
 import math
 import os
 import signal
-import time
 
 import tensorflow as tf
 
-from seqtrain import checkpoints, data, losses, optim, runguard, runlog
+from seqtrain import checkpoints, data, losses, optim, runguard, runlog, warmstart
 from seqtrain import config as cfg
 from seqtrain.checkpoints import Saver, build_model
 from seqtrain.errors import Interrupted, SeqtrainError
+from seqtrain.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class Trainer:
         jit_compile: bool = False,
         batch_spec=None,
         micro_batches: int = 1,
+        moving_average=None,
     ):
         """batch_spec: the (distributed) batch iterator's ``element_spec``, if known. With it the
         step is traced once, for every bucket shape; without it the first batch traces a
@@ -136,6 +137,7 @@ class Trainer:
         self.strategy = strategy
         self.seed = seed
         self.loss_scale = loss_scale  # float16 only
+        self.moving_average = moving_average  # updated by the loop after each applied step
         if batch_spec is None:
             self._step = tf.function(self._cross_replica_step, reduce_retracing=True)
         else:
@@ -210,47 +212,6 @@ class Trainer:
         return tf.stack([tf.constant(self.seed, tf.int32), mixed])
 
 
-class Progress:
-    """Sums the step outputs between two log lines; throughput excludes the first (tracing) step."""
-
-    def __init__(self):
-        self.outputs = []  # step outputs since the last line (tensors until read)
-        self.timed = 0  # how many of them ran after the clock started
-        self.start = None
-
-    def add(self, outputs: dict) -> None:
-        self.outputs.append(outputs)
-        if self.start is None:
-            float(outputs["grad_norm"])  # wait for the first step (it includes tracing)
-            self.start = time.time()
-            return
-        self.timed += 1
-
-    def record(self, step: int, learning_rate: float, params) -> dict:
-        """The log record of the steps since the last call (losses averaged over all of them)."""
-        values = [{k: float(v) for k, v in o.items()} for o in self.outputs]
-        sums = {k: sum(v[k] for v in values) for k in values[0]}
-        timed = values[len(values) - self.timed :] if self.timed else []
-        elapsed = max(time.time() - self.start, 1e-9)
-        source = sum(v["source_tokens"] for v in timed) / elapsed
-        target = sum(v["target_tokens"] for v in timed) / elapsed
-        record = {
-            "step": step,
-            "steps_per_sec": len(timed) / elapsed,
-            "tokens_per_sec": source + target,
-            "source_tokens_per_sec": source,
-            "target_tokens_per_sec": target,
-            "learning_rate": learning_rate,
-            "grad_norm": sums["grad_norm"] / len(values),
-        }
-        if "loss_scale" in values[-1]:
-            record["loss_scale"] = values[-1]["loss_scale"]
-        figures = losses.report(sums, sums["micro_batches"], params)
-        record.update({k: float(v) for k, v in figures.items()})
-        self.outputs, self.timed, self.start = [], 0, time.time()
-        return record
-
-
 def _is_chief(strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
@@ -276,23 +237,36 @@ def _datasets(config, strategy, corpus, skip_batches: int):
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
 
-def train(config: cfg.Config, num_devices: int = 1, checkpoint_path: str | None = None) -> None:
-    """``seqtrain train``: validate the data, then train until max_step (or early stopping).
+def train(
+    config: cfg.Config,
+    num_devices: int = 1,
+    checkpoint_path: str | None = None,
+    continue_from_checkpoint: bool = False,
+) -> None:
+    """``seqtrain train``: validate the data, then train until max_step (or early stopping);
+    then average the last ``train.average_last_checkpoints`` checkpoints into model_dir/avg.
 
-    The chief holds model_dir's lock for the whole run (a second run on it refuses to start).
+    checkpoint_path: start from this model (see seqtrain.warmstart) unless model_dir holds a
+    checkpoint. The chief holds model_dir's lock for the whole run (a second run refuses to start).
     """
     strategy = make_strategy(num_devices, config.train.worker_timeout)
     chief = _is_chief(strategy)
+    source = warmstart.initial_checkpoint(config, checkpoint_path, continue_from_checkpoint)
     os.makedirs(config.model_dir, exist_ok=True)
     with runguard.RunLock(config.model_dir) if chief else contextlib.nullcontext():
-        _train(config, strategy, chief, checkpoint_path)
+        _train(config, strategy, chief, source, continue_from_checkpoint)
+        if chief and config.train.average_last_checkpoints:
+            path = checkpoints.average_checkpoints(
+                config, max_count=config.train.average_last_checkpoints
+            )
+            logger.info("Averaged checkpoint: %s", path)
 
 
-def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | None) -> None:
+def _train(config: cfg.Config, strategy, chief: bool, source: str | None, full: bool) -> None:
+    """source: the checkpoint to start from when model_dir has none; full: all of its state."""
     corpus = data.load_corpus(config, "train")  # validates all three files first
     if chief:  # before any step: a changed model or vocabulary is an error on resume
-        resuming = checkpoint_path is None and bool(checkpoints.candidates(config.model_dir))
-        runguard.check_resume(config, resuming)
+        runguard.check_resume(config, resuming=bool(checkpoints.candidates(config.model_dir)))
     dtype = compute_dtype(config.train.mixed_precision)
     with strategy.scope():
         model = build_model(config, dtype)
@@ -302,8 +276,9 @@ def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | Non
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     if loss_scale is not None:
         checkpoint.loss_scale = loss_scale
-    saver = Saver(checkpoint, config.model_dir, config.train.keep_checkpoint_max, chief=chief)
-    saver.restore(checkpoint_path)
+    keep = max(config.train.keep_checkpoint_max, config.train.average_last_checkpoints)
+    saver = Saver(checkpoint, config.model_dir, keep, chief=chief)
+    started = warmstart.restore(saver, model, optimizer, config, source, full)
     step = int(optimizer.iterations.numpy())
     if getattr(strategy, "cluster_resolver", None) is not None:
         runguard.check_same_step(strategy, step)
@@ -319,11 +294,14 @@ def _train(config: cfg.Config, strategy, chief: bool, checkpoint_path: str | Non
         accum,
         f"{sum(v.shape.num_elements() for v in model.trainable_variables):,}",
     )
-    batches = _datasets(config, strategy, corpus, skip_batches=step * accum)
+    batches = _datasets(
+        config, strategy, corpus, skip_batches=step * accum if started.resumed else 0
+    )
     logger.info("Compute dtype %s, XLA %s", dtype.name, "on" if config.train.jit_compile else "off")
     trainer = Trainer(
         model, optimizer, config.params, strategy, seed=config.train.seed, loss_scale=loss_scale,
         jit_compile=config.train.jit_compile, batch_spec=batches.element_spec, micro_batches=accum,
+        moving_average=started.moving_average,
     )  # fmt: skip
     summaries = tf.summary.create_file_writer(config.model_dir) if chief else None
     writer = runlog.MetricsWriter(config.model_dir, summaries)
@@ -376,6 +354,8 @@ def _loop(config, trainer, batches, accum, saver, writer, evaluator, stop=None) 
             )
         progress.add(outputs)
         step += 1
+        if trainer.moving_average is not None:
+            trainer.moving_average.update()
         if step % train.save_summary_steps == 0 or step == train.max_step:
             lr = float(optimizer.learning_rate_at(step - 1))
             record = progress.record(step, lr, config.params)
@@ -384,9 +364,11 @@ def _loop(config, trainer, batches, accum, saver, writer, evaluator, stop=None) 
             saver.save(step)
             last_saved = step
         if evaluator and step % config.eval.steps == 0:
-            metrics = evaluator(step)
+            with saver.swap():  # evaluates (and exports) the moving average, if any
+                metrics = evaluator(step)
+                images = evaluator.alignment_images(step)
             writer.write("eval", step, metrics, runlog.format_eval_line(step, metrics))
-            writer.write_images(step, evaluator.alignment_images(step))
+            writer.write_images(step, images)
             if evaluator.should_stop():
                 logger.info("Early stopping at step %d: %s", step, evaluator.stop_reason)
                 if last_saved != step:
