@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -89,16 +88,29 @@ def rejected_flags() -> list[str]:
     return [k.name for k in KEYS if k.status is Status.REJECTED and k.name.startswith("--")]
 
 
-def markdown(default_of: Callable[[str], str]) -> str:
-    """The README table; default_of(dotted key) gives seqtrain's default as text ('' if none)."""
+def markdown(defaults: dict) -> str:
+    """The README table. defaults: seqtrain's resolved defaults as a nested dict
+    (``config.to_dict``), for the "seqtrain default" column of implemented keys."""
     lines = [
         "| OpenNMT-tf | OpenNMT-tf default | seqtrain | seqtrain default | notes |",
         "| --- | --- | --- | --- | --- |",
     ]
     for key in KEYS:
         name = key.name if key.name.startswith(("--", "run ")) else f"`{key.name}`"
-        status = key.status.value
-        default = "" if key.status in (Status.REJECTED, Status.MERGE) else default_of(key.name)
-        cells = (name, key.onmt_default, status, default, key.note.replace("|", "\\|"))
+        default = "" if key.status is Status.REJECTED else _default_text(defaults, key.name)
+        cells = (name, key.onmt_default, key.status.value, default, key.note.replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _default_text(defaults: dict, name: str) -> str:
+    """The default of a dotted configuration key as YAML text ('' for anything else)."""
+    value = defaults
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return ""
+        value = value[part]
+    if isinstance(value, dict):
+        return ""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text.removesuffix("...").strip()
