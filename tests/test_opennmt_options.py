@@ -128,7 +128,15 @@ def _update(clipnorm=None, global_clipnorm=None, clip_gradients=None):
     )
 
 
-def test_clipnorm_and_global_clipnorm_through_the_trainer():
+@pytest.fixture
+def eager():
+    """The four one-step trainers run eagerly: tracing each would take most of the test."""
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+def test_clipnorm_and_global_clipnorm_through_the_trainer(eager):
     k = LR * math.sqrt(1 - B2) / EPS  # delta = k * gradient
     free, grad_norm = _update()
     norms = np.array([np.linalg.norm(d) / k for d in free])  # each variable's gradient norm
