@@ -290,3 +290,13 @@ def test_num_gpus_and_other_flag_aliases():
     ):
         extra = ["--features_file", "f"] if run_type == "infer" else ["--output_dir", "o"]
         assert parser.parse_args([run_type, "--config", "a", *extra]).func is function
+
+
+def test_with_eval_requires_the_evaluation_settings(corpus, tmp_path, capsys):
+    from conftest import tiny_config, write_config
+
+    path = write_config(tmp_path / "run.yml", tiny_config(corpus, tmp_path / "run"))
+    assert cli.main(["train", "--config", path, "--with_eval"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqtrain train: error: --with_eval: set data.eval_features_file")
+    assert not (tmp_path / "run").exists()
