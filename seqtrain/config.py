@@ -270,7 +270,9 @@ def build(raw: dict, origin: str) -> Config:
     if params.dropout is not None:
         d = params.dropout
         model = dataclasses.replace(model, dropout=d, attention_dropout=d, ffn_dropout=d)
-    return dataclasses.replace(config, params=params, model=model)
+    scorers = tuple(s.lower() for s in config.eval.scorers)  # case-insensitive, as OpenNMT-tf
+    evaluation = dataclasses.replace(config.eval, scorers=scorers)
+    return dataclasses.replace(config, params=params, model=model, eval=evaluation)
 
 
 def _aliases(raw: dict, origin: str) -> dict:

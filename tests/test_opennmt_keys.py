@@ -181,7 +181,7 @@ EVERY_KEY = {
 VARIANTS = [
     {"params": {"optimizer_params": {"global_clipnorm": 5.0}}},
     {"params": {"clip_gradients": 2.5}},
-    {"eval": {"external_evaluators": "chrf"}},
+    {"eval": {"external_evaluators": "ChrF"}},  # scorer names are case-insensitive
 ]
 
 
