@@ -15,6 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["seqtrain", "seqtrain.*"]),
+    package_data={"seqtrain": ["opennmt_keys.yml"]},  # the OpenNMT-tf key table
     install_requires=[
         "numpy>=1.23",
         "pyyaml>=5.4",

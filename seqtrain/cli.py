@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from seqtrain import opennmt_keys
 from seqtrain.align_words import SYMMETRIZATIONS  # no TensorFlow, no eflomal at import
 from seqtrain.errors import Interrupted, SeqtrainError
 
@@ -28,12 +29,24 @@ def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
         metavar="YML",
         help="one or more YAML files, merged left to right",
     )
+    parser.add_argument("--model_dir", help="overrides model_dir (as OpenNMT-tf)")
+
+
+def _overrides(args) -> dict:
+    """Configuration values given as flags (OpenNMT-tf's --model_dir, --seed, --mixed_precision,
+    --jit_compile); they win over every --config file."""
+    out = {"model_dir": args.model_dir} if getattr(args, "model_dir", None) else {}
+    train = {"seed": getattr(args, "seed", None)}
+    for flag in ("mixed_precision", "jit_compile"):
+        train[flag] = True if getattr(args, flag, False) else None
+    train = {k: v for k, v in train.items() if v is not None}
+    return {**out, "train": train} if train else out
 
 
 def _load(args, command: str | None = None):
     from seqtrain import config as cfg
 
-    config = cfg.load_config(args.config)
+    config = cfg.load_config(args.config, _overrides(args))
     origin = " + ".join(args.config)
     cfg.check(config, origin)
     if command:
@@ -43,6 +56,11 @@ def _load(args, command: str | None = None):
 
 def cmd_train(args) -> None:
     config = _load(args, "train")  # before importing TensorFlow: config errors stay instant
+    if args.with_eval and not (config.data.eval_features_file and config.eval.steps):
+        raise SeqtrainError(
+            "--with_eval: set data.eval_features_file and eval.steps (seqtrain evaluates "
+            "whenever they are set, with or without the flag)"
+        )
     from seqtrain import trainer
 
     trainer.train(
@@ -161,6 +179,18 @@ def cmd_import_opennmt(args) -> None:
     print(f"seqtrain checkpoint: {path}")
 
 
+def cmd_update_vocab(args) -> None:
+    config = _load(args)
+    if not (args.src_vocab or args.tgt_vocab):
+        raise SeqtrainError("give --src_vocab and/or --tgt_vocab (the new vocabularies)")
+    from seqtrain import vocab_update
+
+    path = vocab_update.update_vocab(
+        config, args.output_dir, args.src_vocab, args.tgt_vocab, args.checkpoint_path
+    )
+    print(f"updated checkpoint: {path}")
+
+
 def cmd_aer(args) -> None:
     from seqtrain import aer
 
@@ -220,7 +250,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model")
     _add_config(p)
-    p.add_argument("--num-devices", type=int, default=1, help="replicas on this machine")
+    p.add_argument(
+        "--num-devices", "--num_gpus", type=int, default=1, help="replicas on this machine"
+    )
     p.add_argument(
         "--checkpoint_path",
         help="start from this model (prefix or directory): weights only, step 0, unless "
@@ -231,6 +263,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also restore the optimizer state and step of --checkpoint_path",
     )
+    p.add_argument("--seed", type=int, help="sets train.seed")
+    p.add_argument("--mixed_precision", action="store_true", help="sets train.mixed_precision")
+    p.add_argument("--jit_compile", action="store_true", help="sets train.jit_compile")
+    p.add_argument("--with_eval", action="store_true", help="require the evaluation settings")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check-data", help="validate text, vocabularies and alignment files")
@@ -256,7 +292,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_path")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("translate", help="translate a file, optionally with alignments")
+    p = sub.add_parser(
+        "translate", aliases=["infer"], help="translate a file, optionally with alignments"
+    )
     _add_config(p)
     p.add_argument("--features_file", required=True)
     p.add_argument("--predictions_file", help="default: standard output")
@@ -276,16 +314,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_path")
     p.set_defaults(func=cmd_plot_alignment)
 
-    p = sub.add_parser("average-checkpoints", help="average the last checkpoints' weights")
+    p = sub.add_parser(
+        "average-checkpoints",
+        aliases=["average_checkpoints"],
+        help="average the last checkpoints' weights",
+    )
     _add_config(p, required=False)
-    p.add_argument("--model_dir", help="the checkpoints to average (default: the config's)")
     p.add_argument("--output_dir", help="default: MODEL_DIR/avg")
     p.add_argument("--max_count", type=int, default=8)
     p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("export", help="write a SavedModel with a translate signature")
     _add_config(p)
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", "--export_dir", required=True)
     p.add_argument("--checkpoint_path")
     p.set_defaults(func=cmd_export)
 
@@ -295,6 +336,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True, help="new model_dir for the seqtrain checkpoint")
     p.add_argument("--weights_only", action="store_true", help="no Adam moments, start at step 0")
     p.set_defaults(func=cmd_import_opennmt)
+
+    p = sub.add_parser(
+        "update-vocab", aliases=["update_vocab"], help="a checkpoint for new vocabularies"
+    )
+    _add_config(p)
+    p.add_argument("--output_dir", required=True, help="where the updated checkpoint goes")
+    p.add_argument("--src_vocab", help="the new source vocabulary")
+    p.add_argument("--tgt_vocab", help="the new target vocabulary")
+    p.add_argument("--checkpoint_path", help="default: the newest checkpoint of model_dir")
+    p.set_defaults(func=cmd_update_vocab)
 
     p = sub.add_parser("aer", help="alignment error rate of a Pharaoh file against a gold one")
     p.add_argument("--reference", required=True, help="gold: sure i-j, possible ipj or i?j")
@@ -322,7 +373,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _opennmt_rejection(argv: list[str]) -> str | None:
+    """The one-line error for an OpenNMT-tf flag or run type seqtrain does not support."""
+    run_type = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            reason = opennmt_keys.rejection(arg.split("=", 1)[0])
+        elif run_type is None and (i == 0 or argv[i - 1] != "--log_level"):
+            run_type, reason = arg, opennmt_keys.rejection(f"run type {arg}")
+        else:
+            reason = None
+        if reason:
+            return reason
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    reason = _opennmt_rejection(argv)
+    if reason:
+        print(f"seqtrain: error: {reason}", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),

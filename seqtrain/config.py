@@ -13,15 +13,13 @@ file, the key, the allowed values and, for unknown keys, the closest valid key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import yaml
 
+from seqtrain import opennmt_keys, yamltypes
 from seqtrain.errors import SeqtrainError
 
 
@@ -73,12 +71,45 @@ class OptimizerParams:
     beta_1: float = _opt(0.9, minimum=0.0, maximum=1.0)  # first-moment decay
     beta_2: float = _opt(0.998, minimum=0.0, maximum=1.0)  # second-moment decay (recipe value)
     epsilon: float = _opt(1e-7, minimum=0.0)  # denominator fuzz
+    clipnorm: Optional[float] = _opt(None, minimum=0.0)  # per-gradient norm clip (Keras); null off
+    global_clipnorm: Optional[float] = _opt(None, minimum=0.0)  # global-norm clip; null off
 
 
 @dataclass(frozen=True)
 class DecayParams:
-    model_dim: int = _opt(512, minimum=1)  # NoamDecay: d in d^-0.5
-    warmup_steps: int = _opt(8000, minimum=1)  # NoamDecay: linear warm-up length
+    """Arguments of params.decay_type; null = the schedule's default (SCHEDULES)."""
+
+    scale: Optional[float] = None  # NoamDecay, RsqrtDecay, RNMTPlusDecay: factor (learning_rate)
+    learning_rate: Optional[float] = None  # InvSqrtDecay: peak learning rate (learning_rate)
+    eta_max: Optional[float] = None  # CosineAnnealing: maximum learning rate (learning_rate)
+    model_dim: Optional[int] = _opt(None, minimum=1)  # NoamDecay: d in d^-0.5
+    warmup_steps: Optional[int] = _opt(None, minimum=0)  # linear warm-up length (steps)
+    initial_learning_rate: Optional[float] = None  # InvSqrtDecay: learning rate at step 0
+    eta_min: Optional[float] = None  # CosineAnnealing: minimum learning rate
+    max_step: Optional[int] = _opt(None, minimum=1)  # CosineAnnealing: last step of the cosine
+    num_replicas: Optional[int] = _opt(None, minimum=1)  # RNMTPlusDecay: n (concurrent replicas)
+    start_step: Optional[int] = _opt(None, minimum=0)  # RNMTPlusDecay: exponential decay start
+    end_step: Optional[int] = _opt(None, minimum=1)  # RNMTPlusDecay: exponential decay end
+
+
+DecayType = Literal["NoamDecay", "RsqrtDecay", "InvSqrtDecay", "CosineAnnealing", "RNMTPlusDecay"]
+REQUIRED = "required"
+# decay_type -> its arguments and their defaults (OpenNMT-tf's constructors; the first argument,
+# null here, defaults to params.learning_rate). NoamDecay's 512/8000 are seqtrain's defaults
+# (the Transformer recipe); OpenNMT-tf requires them.
+SCHEDULES = {
+    "NoamDecay": {"scale": None, "model_dim": 512, "warmup_steps": 8000},
+    "RsqrtDecay": {"scale": None, "warmup_steps": REQUIRED},
+    "InvSqrtDecay": {"learning_rate": None, "warmup_steps": REQUIRED, "initial_learning_rate": 0.0},
+    "CosineAnnealing": {"eta_max": None, "eta_min": 0.0, "max_step": 1000000, "warmup_steps": None},
+    "RNMTPlusDecay": {
+        "scale": None,
+        "num_replicas": REQUIRED,
+        "warmup_steps": 500,
+        "start_step": 600000,
+        "end_step": 1200000,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -86,13 +117,16 @@ class ParamsConfig:
     optimizer: Literal["LazyAdam", "Adam"] = "LazyAdam"  # LazyAdam updates only seen embedding rows
     optimizer_params: OptimizerParams = field(default_factory=OptimizerParams)  # Adam betas, eps
     learning_rate: float = _opt(2.0, minimum=0.0)  # constant LR, or the scale of the decay
-    decay_type: Optional[Literal["NoamDecay"]] = "NoamDecay"  # null = constant learning rate
+    decay_type: Optional[DecayType] = "NoamDecay"  # null = constant LR; DecayType, SCHEDULES
     decay_params: DecayParams = field(default_factory=DecayParams)  # arguments of decay_type
     start_decay_steps: int = _opt(0, minimum=0)  # steps before the schedule starts counting
     decay_step_duration: int = _opt(1, minimum=1)  # optimizer steps per schedule step
     minimum_learning_rate: float = _opt(0.0, minimum=0.0)  # floor of the decayed LR
     label_smoothing: float = _opt(0.1, minimum=0.0, maximum=1.0)  # epsilon, training only
-    average_loss_in_time: bool = True  # normalize by tokens (True) or by sentences (False)
+    average_loss_in_time: Optional[bool] = None  # normalize by tokens (true) or by sentences
+    # (false); null = true when train.batch_type is tokens (OpenNMT-tf)
+    dropout: Optional[float] = _opt(None, minimum=0.0, maximum=1.0)  # overrides the 3 model
+    # dropouts (OpenNMT-tf); null = keep them
     guided_alignment_type: Optional[Literal["ce", "mse"]] = None  # null = no guided alignment
     guided_alignment_weight: float = _opt(1.0, minimum=0.0)  # weight of the alignment cost
     guided_alignment_normalization: Literal["opennmt", "aligned_tokens"] = "opennmt"  # reference
@@ -126,6 +160,7 @@ class TrainConfig:
     # moving average of the weights (e.g. 0.9999), used by eval, export, checkpoints; null = off
     save_summary_steps: int = _opt(100, minimum=1)  # log line / TensorBoard period (steps)
     max_step: Optional[int] = _opt(500000, minimum=1)  # stop after this many updates
+    single_pass: bool = False  # one pass over the training data, then stop
     seed: int = 1234  # shuffling, initialization and dropout seed
     mixed_precision: bool = False  # GPU: float16 + dynamic loss scaling; CPU: bfloat16
     jit_compile: bool = False  # XLA-compile the forward/backward (fixed bucket shapes only)
@@ -135,7 +170,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    metric: str = "loss"  # loss | perplexity | bleu | chrf | aer | precision | recall
+    metric: str = "loss"  # loss, perplexity, a scorer (SCORERS), aer, precision or recall
     min_improvement: float = 0.0  # smallest change that counts as better
     steps: int = _opt(4, minimum=1)  # evaluations without improvement before stopping
 
@@ -143,8 +178,10 @@ class EarlyStopping:
 @dataclass(frozen=True)
 class EvalConfig:
     steps: Optional[int] = _opt(5000, minimum=1)  # evaluate every N steps, null = never
-    batch_size: int = _opt(32, minimum=1)  # examples per evaluation batch
-    scorers: tuple[str, ...] = ("bleu",)  # bleu, chrf (sacrebleu on detokenized text)
+    batch_size: int = _opt(32, minimum=1)  # per evaluation batch, in batch_type units
+    batch_type: Literal["examples", "tokens"] = "examples"  # tokens: B x longest source
+    length_bucket_width: int = _opt(5, minimum=0)  # batch similar source lengths; 0 = file order
+    scorers: tuple[str, ...] = ("bleu",)  # bleu, chrf, chrf++, ter, wer on detokenized text
     early_stopping: Optional[EarlyStopping] = None  # {metric, min_improvement, steps}
     export_on_best: Optional[str] = None  # metric whose best value exports a SavedModel
     alignment_images: int = _opt(3, minimum=0)  # first dev pairs drawn to TensorBoard, 0 = off
@@ -152,7 +189,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    batch_size: int = _opt(32, minimum=1)  # examples per decoding batch
+    batch_size: int = _opt(32, minimum=1)  # per decoding batch, in batch_type units
+    batch_type: Literal["examples", "tokens"] = "examples"  # tokens: B x longest source
+    length_bucket_width: int = _opt(5, minimum=0)  # batch similar source lengths; 0 = file order
     with_alignments: Optional[Literal["hard", "soft"]] = None  # print alignments after |||
     with_scores: bool = False  # print the hypothesis score first
     n_best: int = _opt(1, minimum=1)  # hypotheses printed per input
@@ -169,8 +208,10 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
 
 
-SCORERS = ("bleu", "chrf")
-EVAL_METRICS = ("loss", "perplexity", "bleu", "chrf", "aer", "precision", "recall")
+SCORERS = ("bleu", "chrf", "chrf++", "ter", "wer")
+EVAL_METRICS = ("loss", "perplexity", *SCORERS, "aer", "precision", "recall")
+# Replaced as a whole, not merged key by key, when a later file sets them (OpenNMT-tf's rule).
+OVERRIDE_KEYS = ("optimizer_params", "decay_params")
 
 # Files each command needs, checked before anything is written to model_dir.
 REQUIRED_FILES = {
@@ -209,10 +250,12 @@ def load_config(paths: list[str], overrides: Optional[dict] = None) -> Config:
 
 
 def merge(a: dict, b: dict) -> dict:
-    """Recursive dict merge: values of ``b`` win, nested mappings merge."""
+    """Recursive dict merge: values of ``b`` win, nested mappings merge (but OVERRIDE_KEYS)."""
     out = dict(a)
     for key, value in b.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if key in OVERRIDE_KEYS:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = value
@@ -220,74 +263,35 @@ def merge(a: dict, b: dict) -> dict:
 
 
 def build(raw: dict, origin: str) -> Config:
-    """Validate ``raw`` against ``Config`` (model_dir is checked after merging)."""
-    return _build_dataclass(Config, raw, origin, "")
+    """Validate ``raw`` against ``Config`` (model_dir is checked after merging); OpenNMT-tf's
+    aliases are renamed and its derived defaults resolved (average_loss_in_time, dropout)."""
+    config = yamltypes.build_dataclass(Config, _aliases(raw, origin), origin, "")
+    params = config.params
+    if params.average_loss_in_time is None:
+        tokens = config.train.batch_type == "tokens"
+        params = dataclasses.replace(params, average_loss_in_time=tokens)
+    model = config.model
+    if params.dropout is not None:
+        d = params.dropout
+        model = dataclasses.replace(model, dropout=d, attention_dropout=d, ffn_dropout=d)
+    scorers = tuple(s.lower() for s in config.eval.scorers)  # case-insensitive, as OpenNMT-tf
+    evaluation = dataclasses.replace(config.eval, scorers=scorers)
+    return dataclasses.replace(config, params=params, model=model, eval=evaluation)
 
 
-def _build_dataclass(cls, raw: Any, origin: str, prefix: str):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        where = prefix.rstrip(".") or "top level"
-        raise SeqtrainError(f"{origin}: '{where}' must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        name = f"{prefix}{key}"
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
-            valid = ", ".join(fields)
-            raise SeqtrainError(f"{origin}: unknown key '{name}'.{hint} Valid keys here: {valid}")
-        values[key] = _convert(hints[key], value, fields[key], origin, name)
-    return cls(**values)
-
-
-def _convert(hint, value, fld, origin: str, name: str, nullable: bool = False):
-    """Convert one YAML value to the annotated type, or raise a SeqtrainError naming the key."""
-    origin_type = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin_type in (typing.Union, types.UnionType) and type(None) in args:
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, fld, origin, name, nullable=True)
-    if dataclasses.is_dataclass(hint):
-        return _build_dataclass(hint, value, origin, f"{name}.")
-    if origin_type is Literal:
-        if value not in args:
-            allowed = ", ".join([str(a) for a in args] + (["null"] if nullable else []))
-            raise SeqtrainError(f"{origin}: {name} = {value!r} is not valid; allowed: {allowed}")
-        return value
-    if origin_type is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise SeqtrainError(f"{origin}: {name} must be a list, got {value!r}")
-        return tuple(_convert(args[0], v, fld, origin, name) for v in value)
-    return _check_scalar(hint, value, fld, origin, name)
-
-
-def _check_scalar(hint, value, fld, origin: str, name: str):
-    expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }[hint]
-    if not ok:
-        raise SeqtrainError(f"{origin}: {name} must be {expected[hint]}, got {value!r}")
-    if hint is float:
-        value = float(value)
-    meta = fld.metadata if fld is not None else {}
-    low, high = meta.get("min"), meta.get("max")
-    if low is not None and value < low:
-        raise SeqtrainError(f"{origin}: {name} = {value!r} is too small; it must be >= {low}")
-    if high is not None and value > high:
-        raise SeqtrainError(f"{origin}: {name} = {value!r} is too large; it must be <= {high}")
-    return value
+def _aliases(raw: dict, origin: str) -> dict:
+    """eval.external_evaluators (OpenNMT-tf's older name) -> eval.scorers."""
+    section = raw.get("eval") if isinstance(raw, dict) else None
+    if not isinstance(section, dict) or "external_evaluators" not in section:
+        return raw
+    if "scorers" in section:
+        raise SeqtrainError(
+            f"{origin}: eval.external_evaluators is OpenNMT-tf's older name of eval.scorers; "
+            "set only eval.scorers"
+        )
+    section = dict(section)
+    section["scorers"] = section.pop("external_evaluators")
+    return {**raw, "eval": section}
 
 
 def check_model(m: ModelConfig, origin: str = "<config>") -> None:
@@ -314,9 +318,22 @@ def check(config: Config, origin: str = "<config>") -> None:
     check_model(config.model, origin)
     for scorer in config.eval.scorers:
         if scorer not in SCORERS:
+            reason = opennmt_keys.value_rejection("eval.scorers", scorer)
             raise SeqtrainError(
-                f"{origin}: eval.scorers has '{scorer}'; allowed: {', '.join(SCORERS)}"
+                f"{origin}: {reason}"
+                if reason
+                else f"{origin}: eval.scorers has '{scorer}'; allowed: {', '.join(SCORERS)}"
             )
+    decay_arguments(config.params, origin)
+    optimizer = config.params.optimizer_params
+    clips = [k for k in ("clipnorm", "global_clipnorm") if getattr(optimizer, k) is not None]
+    if config.params.clip_gradients is not None:
+        clips.append("clip_gradients")
+    if len(clips) > 1:
+        raise SeqtrainError(
+            f"{origin}: set only one of params.optimizer_params.clipnorm, "
+            f"params.optimizer_params.global_clipnorm and params.clip_gradients (got {clips})"
+        )
     stopping = config.eval.early_stopping
     for key, metric in (
         ("eval.early_stopping.metric", stopping.metric if stopping else None),
@@ -332,6 +349,37 @@ def check(config: Config, origin: str = "<config>") -> None:
             f"{origin}: params.guided_alignment_type is '{config.params.guided_alignment_type}' "
             "but data.train_alignments is not set; give a Pharaoh file or set it to null"
         )
+
+
+def decay_arguments(params: ParamsConfig, origin: str = "<config>") -> dict:
+    """The arguments of params.decay_type ({} without one); see ``schedule_arguments``."""
+    if params.decay_type is None:
+        return {}
+    given = {
+        f.name: getattr(params.decay_params, f.name)
+        for f in dataclasses.fields(DecayParams)
+        if getattr(params.decay_params, f.name) is not None
+    }
+    return schedule_arguments(params.decay_type, given, params.learning_rate, origin)
+
+
+def schedule_arguments(decay_type: str, given: dict, learning_rate: float, origin: str) -> dict:
+    """``given`` over SCHEDULES's defaults; the first argument defaults to ``learning_rate``
+    (OpenNMT-tf fills it from params.learning_rate unless decay_params sets it)."""
+    if decay_type not in SCHEDULES:
+        raise SeqtrainError(
+            f"{origin}: params.decay_type = {decay_type!r}; allowed: {', '.join(SCHEDULES)}"
+        )
+    accepted = SCHEDULES[decay_type]
+    unknown = sorted(set(given) - set(accepted))
+    missing = sorted(k for k, v in accepted.items() if v == REQUIRED and k not in given)
+    if unknown or missing:
+        raise SeqtrainError(
+            f"{origin}: params.decay_params for {decay_type} takes {', '.join(accepted)} "
+            f"(unknown: {', '.join(unknown) or 'none'}; missing: {', '.join(missing) or 'none'})"
+        )
+    first = next(iter(accepted))
+    return {**accepted, first: learning_rate, **given}
 
 
 def check_files(config: Config, command: str, origin: str = "<config>") -> None:

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from seqtrain import alignment
+from seqtrain.batching import batch_groups
 from seqtrain.config import Config, TrainConfig
 from seqtrain.errors import SeqtrainError
 from seqtrain.vocab import BOS, EOS
@@ -400,7 +401,8 @@ def train_dataset(
     buffer = len(indices) if train.sample_buffer_size == -1 else train.sample_buffer_size
     if buffer:
         dataset = dataset.shuffle(min(buffer, len(indices)), seed=train.seed)
-    dataset = dataset.repeat()
+    if not train.single_pass:  # single_pass: one epoch, then the iterator ends
+        dataset = dataset.repeat()
     if train.length_bucket_width:
         dataset = dataset.group_by_window(
             key_func=lambda index, key: key,
@@ -432,25 +434,44 @@ def _finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def eval_dataset(
-    corpus: EncodedCorpus, batch_size: int, with_alignment: bool = True
+    corpus: EncodedCorpus,
+    batch_size: int,
+    with_alignment: bool = True,
+    batch_type: str = "examples",
+    length_bucket_width: int = 0,
 ) -> tf.data.Dataset:
-    """All examples in file order, ``batch_size`` examples per batch, plus ``index`` [B]."""
+    """All examples, batched by ``batching.batch_groups`` over max(S, n + 1) (length_bucket_width
+    0: file order), each side padded to its longest, plus ``index`` [B] (line - 1)."""
     ragged = _RaggedCorpus(corpus, with_alignment)
     lines = tf.constant(corpus.lines.astype(np.int32) - 1)
 
     def make(indices):
         return {**ragged.batch(indices), "index": tf.gather(lines, indices)}
 
-    dataset = tf.data.Dataset.range(len(corpus)).batch(batch_size)
+    lengths = np.maximum(corpus.source_lengths, corpus.target_lengths + 1)
+    dataset = _groups_dataset(lengths, batch_size, batch_type, length_bucket_width)
     return _finish(dataset.map(make, num_parallel_calls=PARALLEL_BATCHES, deterministic=True))
 
 
+def _groups_dataset(lengths, batch_size, batch_type, length_bucket_width) -> tf.data.Dataset:
+    """A dataset of int64 index vectors, one per batch (see ``batching.batch_groups``)."""
+    groups = batch_groups(lengths, batch_size, batch_type, length_bucket_width)
+    ragged = tf.RaggedTensor.from_row_lengths(
+        np.concatenate(groups) if groups else np.zeros(0, np.int64), [len(g) for g in groups]
+    )
+    return tf.data.Dataset.from_tensor_slices(ragged)
+
+
 def inference_dataset(
-    source_id_lists: Sequence[Sequence[int]], batch_size: int, sort_by_length: bool = True
+    source_id_lists: Sequence[Sequence[int]],
+    batch_size: int,
+    batch_type: str = "examples",
+    length_bucket_width: int = 1,
 ) -> tf.data.Dataset:
     """Source-only batches: source_ids int32 [B, S], source_length [B], index [B] (input order).
 
-    With ``sort_by_length`` batches hold sentences of similar length (less padding); callers put
+    Batches as ``batching.batch_groups`` over the source lengths: with length_bucket_width > 0
+    they hold sentences of similar length (less padding), 0 keeps the input order; callers put
     the outputs back in order with ``index``.
     """
     packer = _Packer()
@@ -458,9 +479,6 @@ def inference_dataset(
         packer.add(ids)
     values, splits = packer.finish()
     source = tf.RaggedTensor.from_row_splits(values, splits, validate=False)
-    order = np.arange(len(splits) - 1, dtype=np.int64)
-    if sort_by_length:
-        order = np.argsort(np.diff(splits), kind="stable").astype(np.int64)
 
     def make(indices):
         rows = tf.gather(source, indices)
@@ -470,7 +488,7 @@ def inference_dataset(
             "index": tf.cast(indices, tf.int32),
         }
 
-    dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    dataset = _groups_dataset(np.diff(splits), batch_size, batch_type, length_bucket_width)
     return _finish(dataset.map(make, num_parallel_calls=PARALLEL_BATCHES, deterministic=True))
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from seqtrain import aer, alignment, alignment_plot, data, decoding, losses
+from seqtrain import aer, alignment, alignment_plot, data, decoding, losses, scorers
+from seqtrain import config as cfg
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import export_model, restore_model
 from seqtrain.translate import TargetText, Translator, count_cut, merge_to_words, tokenize_lines
@@ -28,8 +29,9 @@ from seqtrain.vocab import read_text_lines
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("loss", "perplexity", "bleu", "chrf", "aer", "precision", "recall")
-LOWER_IS_BETTER = frozenset({"loss", "perplexity", "aer"})  # all other metrics: higher is better
+METRICS = cfg.EVAL_METRICS
+# All other metrics: higher is better.
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "aer"}) | scorers.LOWER_IS_BETTER
 BEST_DIR = "best"  # model_dir/best/: weights (ckpt) and best.json of the best evaluation
 
 
@@ -39,7 +41,7 @@ BEST_DIR = "best"  # model_dir/best/: weights (ckpt) and best.json of the best e
 def is_better(metric: str, value, reference, min_improvement: float = 0.0) -> bool:
     """Whether ``value`` improves on ``reference`` by more than min_improvement (None/NaN-safe).
 
-    Lower is better for loss, perplexity and aer; higher for the others.
+    Lower is better for loss, perplexity, aer, ter and wer; higher for the others.
     """
     if value is None or math.isnan(value):
         return False
@@ -149,14 +151,16 @@ class Evaluator:
                 )
             if "aer" in wanted and eval_set.sure is None:
                 raise SeqtrainError("eval metric 'aer' needs data.eval_alignments (a gold file)")
-            self.scorers |= {m for m in wanted if m in ("bleu", "chrf")}
+            self.scorers |= {m for m in wanted if m in cfg.SCORERS}
         if stopping is not None:
             self.patience = Patience(stopping.metric, stopping.min_improvement, stopping.steps)
         self.best_value = self._previous_best() if keep_best else None
         self._forward = _compile_forward(model)
         self._translator = None
         if self.scorers:
-            self._translator = Translator(model, config.params, config.eval.batch_size)
+            self._translator = Translator(
+                model, config.params, config.eval.batch_size, batching=config.eval
+            )
         _, tgt_tok, _, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
         self._target = TargetText(tgt_tok, tgt_vocab)
         self._image_pairs = self._pairs_to_draw() if keep_best and chief else None
@@ -189,16 +193,16 @@ class Evaluator:
 
     def evaluate(self) -> dict[str, float]:
         """``loss`` (unsmoothed CE per target token, </s> included), ``perplexity`` = exp(loss),
-        then ``bleu``/``chrf`` (eval.scorers) with ``cut`` (how many of those translations the
-        length limit cut, see ``translate.count_cut``) and ``aer``/``precision``/``recall`` (gold
-        set); bleu, chrf and the alignment scores in percent."""
+        then the eval.scorers (``seqtrain.scorers``) with ``cut`` (how many of those translations
+        the length limit cut, see ``translate.count_cut``) and ``aer``/``precision``/``recall``
+        (gold set); bleu, chrf, chrf++, ter and the alignment scores in percent, wer a fraction."""
         ce_sum, tokens, links = self._forced()
         loss = ce_sum / tokens if tokens else math.nan
         metrics = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
         if self.scorers:
             hypotheses, cut = self._translate()
             references = self.eval_set.references
-            metrics.update(score_translations(hypotheses, references, self.scorers))
+            metrics.update(scorers.score_translations(hypotheses, references, self.scorers))
             metrics["cut"] = float(cut)
         if links is not None:
             scores = aer.score(links, self.eval_set.sure, self.eval_set.possible)
@@ -223,7 +227,10 @@ class Evaluator:
         links = [set() for _ in range(len(es.corpus))] if es.sure is not None else None
         ce_total, tokens_total = 0.0, 0.0
         extraction = self.config.params.alignment_extraction
-        batches = data.eval_dataset(es.corpus, self.config.eval.batch_size, with_alignment=False)
+        ev = self.config.eval
+        batches = data.eval_dataset(
+            es.corpus, ev.batch_size, False, ev.batch_type, ev.length_bucket_width
+        )
         for batch in batches:
             ce_sum, tokens, attention = self._forward(
                 batch["source_ids"], batch["source_length"], batch["target_in"],
@@ -322,18 +329,6 @@ def _compile_forward(model):
         return ce_sum, tokens, attention
 
     return forward
-
-
-def score_translations(hypotheses, references, scorers) -> dict[str, float]:
-    """sacrebleu corpus BLEU / chrF (0-100) of detokenized hypotheses against raw references."""
-    import sacrebleu  # only evaluation needs it
-
-    metrics = {}
-    if "bleu" in scorers:
-        metrics["bleu"] = float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
-    if "chrf" in scorers:
-        metrics["chrf"] = float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
-    return metrics
 
 
 def write_best(model, model_dir: str, step: int, metric: str, metrics: dict) -> str:

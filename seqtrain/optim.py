@@ -1,4 +1,4 @@
-"""LazyAdam, gradient helpers that keep embedding gradients sparse, and learning-rate schedules.
+"""LazyAdam and gradient helpers that keep embedding gradients sparse (schedules: schedules.py).
 
 Embedding gradients arrive as `tf.IndexedSlices` (rows of the tokens in the batch). Everything here
 keeps them sparse — accumulation, scaling, clipping — so that LazyAdam can update only those rows.
@@ -12,84 +12,12 @@ correction uses t = iterations AFTER the increment (t = 1 for the first update).
 
 import tensorflow as tf
 
-from seqtrain.errors import SeqtrainError
-
-
-class NoamDecay:
-    """`scale · model_dim^-0.5 · min((step+1)^-0.5, (step+1) · warmup_steps^-1.5)`."""
-
-    def __init__(self, scale, model_dim, warmup_steps):
-        self.scale = float(scale)
-        self.model_dim = float(model_dim)
-        self.warmup_steps = float(warmup_steps)
-
-    def __call__(self, step):
-        """step: integer scalar (0 for the first update) -> float32 scalar learning rate."""
-        step = tf.cast(step, tf.float32) + 1.0
-        return (
-            self.scale
-            * self.model_dim**-0.5
-            * tf.minimum(tf.math.rsqrt(step), step * self.warmup_steps**-1.5)
-        )
-
-
-class ScheduleWrapper:
-    """OpenNMT-tf's wrapper: delay the decay, stretch its steps, floor the learning rate.
-
-    step' = max(step - start_decay_steps, 0) // decay_step_duration;
-    lr = max(schedule(step'), minimum_learning_rate).
-    """
-
-    def __init__(
-        self, schedule, start_decay_steps=0, decay_step_duration=1, minimum_learning_rate=0
-    ):
-        if decay_step_duration < 1:
-            raise SeqtrainError(
-                f"params.decay_step_duration: must be an integer >= 1, got {decay_step_duration}"
-            )
-        self.schedule = schedule
-        self.start_decay_steps = int(start_decay_steps)
-        self.decay_step_duration = int(decay_step_duration)
-        self.minimum_learning_rate = float(minimum_learning_rate)
-
-    def __call__(self, step):
-        """step: integer scalar -> float32 scalar learning rate."""
-        step = tf.maximum(tf.cast(step, tf.int64) - self.start_decay_steps, 0)
-        step //= self.decay_step_duration
-        lr = tf.cast(self.schedule(step), tf.float32)
-        return tf.maximum(lr, self.minimum_learning_rate)
-
-
-def learning_rate_schedule(
-    learning_rate,
-    decay_type=None,
-    decay_params=None,
-    start_decay_steps=0,
-    decay_step_duration=1,
-    minimum_learning_rate=0.0,
-):
-    """Builds the `learning_rate` argument of LazyAdam from the `params` section of the config.
-
-    decay_type None -> the constant float `learning_rate`. "NoamDecay" -> as OpenNMT-tf, the
-    configured learning_rate is the schedule's `scale` and decay_params give model_dim and
-    warmup_steps; the result is wrapped in a ScheduleWrapper with the remaining options.
-    """
-    if decay_type is None:
-        return float(learning_rate)
-    if decay_type != "NoamDecay":
-        raise SeqtrainError(
-            f"params.decay_type: unknown schedule {decay_type!r}; use NoamDecay or remove the key"
-        )
-    params = dict(decay_params or {})
-    missing = {"model_dim", "warmup_steps"} - set(params)
-    unknown = set(params) - {"model_dim", "warmup_steps"}
-    if missing or unknown:
-        raise SeqtrainError(
-            "params.decay_params: NoamDecay takes exactly model_dim and warmup_steps "
-            f"(missing: {sorted(missing)}, unknown: {sorted(unknown)})"
-        )
-    schedule = NoamDecay(learning_rate, params["model_dim"], params["warmup_steps"])
-    return ScheduleWrapper(schedule, start_decay_steps, decay_step_duration, minimum_learning_rate)
+from seqtrain import config as cfg
+from seqtrain.schedules import (  # noqa: F401  (re-exported: the optimizer's learning rate)
+    NoamDecay,
+    ScheduleWrapper,
+    learning_rate_schedule,
+)
 
 
 def deduplicate(values, indices):
@@ -179,6 +107,25 @@ def clip_by_global_norm(grads, clip_norm):
     factor = clip_norm / tf.maximum(norm, clip_norm)
     factor = tf.where(tf.math.is_finite(norm), factor, tf.constant(float("nan")))
     return scale_gradients(grads, factor), norm
+
+
+def clip_by_norm(grads, clip_norm):
+    """Keras's clipnorm: each gradient g scaled by clip_norm / max(‖g‖, clip_norm) on its own.
+
+    ‖g‖ of an IndexedSlices is that of its dense form (duplicate rows summed first); it stays
+    sparse. A non-finite norm gives NaN values, as tf.clip_by_norm does.
+    """
+    clip_norm = tf.cast(clip_norm, tf.float32)
+    clipped = []
+    for grad in grads:
+        if grad is None:
+            clipped.append(None)
+            continue
+        norm = global_norm([grad])
+        factor = clip_norm / tf.maximum(norm, clip_norm)
+        factor = tf.where(tf.math.is_finite(norm), factor, tf.constant(float("nan")))
+        clipped.append(_scale(grad, factor))
+    return clipped
 
 
 class LazyAdam(tf.Module):
@@ -372,6 +319,20 @@ def _zeros_like_var(var, slot_name):
                 return tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False, name=name)
         with tf.device(var.device):
             return tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False, name=name)
+
+
+def make_optimizer(params: cfg.ParamsConfig) -> LazyAdam:
+    """LazyAdam (or Adam) with the learning rate or schedule of the `params` section."""
+    schedule = learning_rate_schedule(
+        params.learning_rate,
+        params.decay_type,
+        cfg.decay_arguments(params),
+        params.start_decay_steps,
+        params.decay_step_duration,
+        params.minimum_learning_rate,
+    )
+    p = params.optimizer_params
+    return LazyAdam(schedule, p.beta_1, p.beta_2, p.epsilon, lazy=params.optimizer == "LazyAdam")
 
 
 class DynamicLossScale(tf.Module):

@@ -26,6 +26,7 @@ from seqtrain import checkpoints, data, losses, optim, runguard, runlog, warmsta
 from seqtrain import config as cfg
 from seqtrain.checkpoints import Saver, build_model
 from seqtrain.errors import Interrupted, SeqtrainError
+from seqtrain.optim import make_optimizer  # noqa: F401  (part of this module's interface)
 from seqtrain.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -88,24 +89,6 @@ def compute_dtype(mixed_precision: bool) -> tf.DType:
     if not mixed_precision:
         return tf.float32
     return tf.float16 if tf.config.list_physical_devices("GPU") else tf.bfloat16
-
-
-def make_optimizer(params: cfg.ParamsConfig) -> optim.LazyAdam:
-    schedule = optim.learning_rate_schedule(
-        params.learning_rate,
-        params.decay_type,
-        {
-            "model_dim": params.decay_params.model_dim,
-            "warmup_steps": params.decay_params.warmup_steps,
-        },
-        params.start_decay_steps,
-        params.decay_step_duration,
-        params.minimum_learning_rate,
-    )
-    p = params.optimizer_params
-    return optim.LazyAdam(
-        schedule, p.beta_1, p.beta_2, p.epsilon, lazy=params.optimizer == "LazyAdam"
-    )
 
 
 def _add(a: dict | None, b: dict) -> dict:
@@ -199,8 +182,12 @@ class Trainer:
         finite = tf.math.is_finite(grad_norm)
         for value in sums.values():
             finite = tf.logical_and(finite, tf.math.is_finite(value))
-        if self.params.clip_gradients:
-            grads, _ = optim.clip_by_global_norm(grads, self.params.clip_gradients)
+        clipnorm = self.params.optimizer_params.clipnorm
+        global_clipnorm = self.params.clip_gradients or self.params.optimizer_params.global_clipnorm
+        if global_clipnorm:
+            grads, _ = optim.clip_by_global_norm(grads, global_clipnorm)
+        if clipnorm is not None:
+            grads = optim.clip_by_norm(grads, clipnorm)
         self.optimizer.apply_gradients(zip(grads, variables), apply=finite)
         return {**sums, "grad_norm": grad_norm, "finite": finite}
 
@@ -341,7 +328,14 @@ def _loop(config, trainer, batches, accum, saver, writer, evaluator, stop=None) 
     while train.max_step is None or step < train.max_step:
         if stop is not None and stop.signal is not None:
             _interrupted(saver, step, last_saved, stop.signal)
-        outputs = trainer.step([next(batches) for _ in range(accum)])
+        try:
+            micro_batches = [next(batches) for _ in range(accum)]
+        except StopIteration:  # train.single_pass: the data is used up
+            logger.info("End of the training data (train.single_pass) after step %d", step)
+            if last_saved != step:
+                saver.save(step)
+            break
+        outputs = trainer.step(micro_batches)
         if not bool(outputs["finite"]):  # one scalar per step: cheap next to the step itself
             if "loss_scale" in outputs and float(outputs["loss_scale"]) >= 1.0:
                 logger.info("Step skipped (float16 overflow); loss scale lowered")

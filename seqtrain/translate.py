@@ -53,9 +53,12 @@ class Hypothesis:
 class Translator:
     """Decodes lists of source ids in length-sorted batches; results come back in input order."""
 
-    def __init__(self, model, params, batch_size: int, n_best: int = 1, beam_width=None):
+    def __init__(
+        self, model, params, batch_size: int, n_best: int = 1, beam_width=None, batching=None
+    ):
         """params: ``config.params`` (beam_width, length_penalty, maximum_decoding_length and its
-        relative cap maximum_decoding_length_factor/offset)."""
+        relative cap maximum_decoding_length_factor/offset). batching: the ``infer`` or ``eval``
+        section (batch_type, length_bucket_width); None: examples, sorted by length."""
         beam_width = params.beam_width if beam_width is None else beam_width
         if n_best > beam_width:
             raise SeqtrainError(
@@ -63,6 +66,8 @@ class Translator:
                 "--n_best / infer.n_best or raise params.beam_width"
             )
         self.n_best, self.batch_size = n_best, batch_size
+        self.batch_type = batching.batch_type if batching else "examples"
+        self.length_bucket_width = batching.length_bucket_width if batching else 1
         self.maximum_length = params.maximum_decoding_length
         self.factor = params.maximum_decoding_length_factor
         self.offset = params.maximum_decoding_length_offset
@@ -76,7 +81,10 @@ class Translator:
             results[i] = [Hypothesis(np.zeros(0, np.int32), 0.0, np.zeros((0, 0), np.float32))]
             results[i] *= self.n_best
         dataset = data.inference_dataset(
-            [source_id_lists[i] for i in nonempty], self.batch_size, sort_by_length=True
+            [source_id_lists[i] for i in nonempty],
+            self.batch_size,
+            self.batch_type,
+            self.length_bucket_width,
         )
         for batch in dataset:
             limits = decoding.length_limits(
@@ -229,7 +237,7 @@ def translate_command(
     word_level = with_alignments == "hard" and config.data.alignment_level == "words"
     lines = list(read_text_lines(features_file))
     pieces, source_words = tokenize_lines(lines, src_tok, word_level, features_file)
-    translator = Translator(model, config.params, infer.batch_size, n_best)
+    translator = Translator(model, config.params, infer.batch_size, n_best, batching=infer)
     start = time.time()
     hypotheses = translator([src_vocab.ids(p) for p in pieces])
     elapsed = time.time() - start

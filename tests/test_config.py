@@ -141,5 +141,5 @@ def test_shipped_configs_are_valid(name):
             8,
         )
         assert config.params.optimizer_params.beta_2 == 0.998
-        assert config.params.decay_params.warmup_steps == 8000
+        assert cfg.decay_arguments(config.params)["warmup_steps"] == 8000
         assert config.train.effective_batch_size == 25000

@@ -252,7 +252,7 @@ def test_inference_dataset_sorted_with_index():
             assert batch["source_length"][row] == n
             np.testing.assert_array_equal(batch["source_ids"][row, :n], sources[index])
             assert not batch["source_ids"][row, n:].any()
-    unsorted = take(data.inference_dataset(sources, batch_size=2, sort_by_length=False), 10)
+    unsorted = take(data.inference_dataset(sources, batch_size=2, length_bucket_width=0), 10)
     np.testing.assert_array_equal(np.concatenate([b["index"] for b in unsorted]), range(5))
 
 

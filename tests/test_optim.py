@@ -148,8 +148,10 @@ def test_learning_rate_schedule_builder():
     np.testing.assert_allclose(float(lr(99)), 2.0 * 512**-0.5 * 100 * 8000**-1.5, rtol=1e-6)
     with pytest.raises(SeqtrainError, match="decay_type"):
         learning_rate_schedule(1.0, "ExponentialDecay")
-    with pytest.raises(SeqtrainError, match="warmup_steps"):
-        learning_rate_schedule(1.0, "NoamDecay", {"model_dim": 512})
+    with pytest.raises(SeqtrainError, match="missing: warmup_steps"):
+        learning_rate_schedule(1.0, "RsqrtDecay", {})
+    with pytest.raises(SeqtrainError, match="unknown: model_dim"):
+        learning_rate_schedule(1.0, "RsqrtDecay", {"model_dim": 512, "warmup_steps": 10})
 
 
 def test_accumulate_keeps_indexed_slices_sparse():
