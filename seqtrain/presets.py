@@ -25,6 +25,7 @@ is what keeps the global batch constant across replica counts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -113,6 +114,57 @@ def model_preset(name: str) -> dict:
     )
 
 
+# auto_config() of OpenNMT-tf 2.32, class by class (each merged over its parent's).
+SEQUENCE_TO_SEQUENCE_AUTO = {
+    "params": {"beam_width": 4},
+    "train": {"sample_buffer_size": -1, "max_step": 500000},
+    "eval": {"length_bucket_width": 5},
+    "score": {"length_bucket_width": 5},
+    "infer": {"batch_size": 32, "length_bucket_width": 5},
+}
+TRANSFORMER_AUTO = {  # decay_params.model_dim: the model's num_units, filled in by auto_config
+    "params": {
+        "average_loss_in_time": True,
+        "label_smoothing": 0.1,
+        "optimizer": "LazyAdam",
+        "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998},
+        "learning_rate": 2.0,
+        "decay_type": "NoamDecay",
+        "decay_params": {"warmup_steps": 8000},
+    },
+    "train": {
+        "effective_batch_size": 25000,
+        "batch_size": 3072,
+        "batch_type": "tokens",
+        "maximum_features_length": 100,
+        "maximum_labels_length": 100,
+        "keep_checkpoint_max": 8,
+        "average_last_checkpoints": 8,
+    },
+}
+SCALING_NMT_EN_DE_AUTO = {  # without train.batch_size 0 and save_checkpoint_steps (auto_config)
+    "data": {"source_sequence_controls": {"end": True}},
+    "params": {
+        "optimizer": "Adam",
+        "optimizer_params": {"beta_1": 0.9, "beta_2": 0.98, "epsilon": 1e-8},
+        "learning_rate": 0.001,
+        "decay_type": "InvSqrtDecay",
+        "decay_params": {"warmup_steps": 4000, "initial_learning_rate": 1e-7},
+    },
+    "train": {
+        "effective_batch_size": 458752,  # 3584 * 128
+        "maximum_features_length": 175,
+        "maximum_labels_length": 175,
+        "keep_checkpoint_max": 10,
+        "average_last_checkpoints": 10,
+    },
+}
+SCALING_NMT_EN_FR_AUTO = {
+    "params": {"learning_rate": 0.0007},
+    "train": {"effective_batch_size": 655360},  # 5120 * 128
+}
+
+
 def auto_config(name: str, num_units: int) -> dict:
     """OpenNMT-tf 2.32's ``auto_config()`` of catalog model ``name`` (any replica count).
 
@@ -122,56 +174,14 @@ def auto_config(name: str, num_units: int) -> dict:
     Transformer value 3072 stays; and its ``train.save_checkpoint_steps: 1000`` is left out
     because OpenNMT-tf reads ``save_checkpoints_steps`` (the misspelled key has no effect there).
     """
-    values = {
-        "params": {"beam_width": 4},
-        "train": {"sample_buffer_size": -1, "max_step": 500000},
-        "eval": {"length_bucket_width": 5},
-        "score": {"length_bucket_width": 5},
-        "infer": {"batch_size": 32, "length_bucket_width": 5},
-    }
-    values = onmt_merge(values, {
-        "params": {
-            "average_loss_in_time": True,
-            "label_smoothing": 0.1,
-            "optimizer": "LazyAdam",
-            "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998},
-            "learning_rate": 2.0,
-            "decay_type": "NoamDecay",
-            "decay_params": {"model_dim": num_units, "warmup_steps": 8000},
-        },
-        "train": {
-            "effective_batch_size": 25000,
-            "batch_size": 3072,
-            "batch_type": "tokens",
-            "maximum_features_length": 100,
-            "maximum_labels_length": 100,
-            "keep_checkpoint_max": 8,
-            "average_last_checkpoints": 8,
-        },
-    })  # fmt: skip
+    values = onmt_merge(SEQUENCE_TO_SEQUENCE_AUTO, TRANSFORMER_AUTO)
+    decay = {"decay_params": {"model_dim": num_units, **TRANSFORMER_AUTO["params"]["decay_params"]}}
+    values = onmt_merge(values, {"params": decay})
     if name.startswith("ScalingNmt"):
-        values = onmt_merge(values, {
-            "data": {"source_sequence_controls": {"end": True}},
-            "params": {
-                "optimizer": "Adam",
-                "optimizer_params": {"beta_1": 0.9, "beta_2": 0.98, "epsilon": 1e-8},
-                "learning_rate": 0.001,
-                "decay_type": "InvSqrtDecay",
-                "decay_params": {"warmup_steps": 4000, "initial_learning_rate": 1e-7},
-            },
-            "train": {
-                "effective_batch_size": 458752,
-                "maximum_features_length": 175,
-                "maximum_labels_length": 175,
-                "keep_checkpoint_max": 10,
-                "average_last_checkpoints": 10,
-            },
-        })  # fmt: skip
+        values = onmt_merge(values, SCALING_NMT_EN_DE_AUTO)
     if name == "ScalingNmtEnFr":
-        values = onmt_merge(
-            values, {"params": {"learning_rate": 0.0007}, "train": {"effective_batch_size": 655360}}
-        )
-    return values
+        values = onmt_merge(values, SCALING_NMT_EN_FR_AUTO)
+    return copy.deepcopy(values)  # callers may edit it; the tables above stay as written
 
 
 def onmt_merge(a: dict, b: dict) -> dict:

@@ -111,6 +111,36 @@ def test_auto_config_values_of_a_transformer(tmp_path):
     assert config.infer.batch_size == 32
 
 
+def test_auto_config_dict_of_a_transformer():
+    """Everything OpenNMT-tf's TransformerTiny().auto_config() returns, key for key."""
+    assert presets.auto_config("TransformerTiny", 64) == {
+        "params": {
+            "beam_width": 4,
+            "average_loss_in_time": True,
+            "label_smoothing": 0.1,
+            "optimizer": "LazyAdam",
+            "optimizer_params": {"beta_1": 0.9, "beta_2": 0.998},
+            "learning_rate": 2.0,
+            "decay_type": "NoamDecay",
+            "decay_params": {"model_dim": 64, "warmup_steps": 8000},
+        },
+        "train": {
+            "sample_buffer_size": -1,
+            "max_step": 500000,
+            "effective_batch_size": 25000,
+            "batch_size": 3072,
+            "batch_type": "tokens",
+            "maximum_features_length": 100,
+            "maximum_labels_length": 100,
+            "keep_checkpoint_max": 8,
+            "average_last_checkpoints": 8,
+        },
+        "eval": {"length_bucket_width": 5},
+        "score": {"length_bucket_width": 5},
+        "infer": {"batch_size": 32, "length_bucket_width": 5},
+    }
+
+
 def test_user_keys_win_and_replace_optimizer_and_decay_params_whole(tmp_path):
     path = write(tmp_path, DATA + (
         "auto_config: true\n"
