@@ -229,6 +229,10 @@ def resolve_dict(user: dict, origin: str, model_type=None, auto=None) -> tuple[d
     if model_type is None:
         model_type = remembered_model_type(user.get("model_dir"))
     model = cfg.merge(model_preset(model_type) if model_type else {}, user.get("model") or {})
+    if model.get("share_embeddings") == "auto":  # OpenNMT-tf: same vocabulary file -> all
+        data = user.get("data") or {}
+        same = _same_file(data.get("source_vocabulary"), data.get("target_vocabulary"))
+        model["share_embeddings"] = "all" if same else "target"
     resolved = dict(user, model=model)
     if auto is None:
         auto = user.get("auto_config", False) is True
@@ -246,10 +250,6 @@ def resolve_dict(user: dict, origin: str, model_type=None, auto=None) -> tuple[d
             )
         resolved = onmt_merge(recommended, resolved)
         origin = f"{origin} (with the auto_config of {name})"
-    if model.get("share_embeddings") == "auto":
-        data = resolved.get("data") or {}
-        same = _same_file(data.get("source_vocabulary"), data.get("target_vocabulary"))
-        model["share_embeddings"] = "all" if same else "target"
     return resolved, origin
 
 

@@ -190,6 +190,7 @@ def test_scaling_nmt_with_the_users_schedule(tmp_path, caplog):
     eps = config.params.optimizer_params.epsilon
     assert (config.params.optimizer_params.beta_2, eps) == (0.98, 1e-8)
     assert config.params.decay_params.model_dim == 8 and config.train.effective_batch_size == 458752
+    assert config.model.share_embeddings == "target" and config.model.pre_norm is False
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "data.source_sequence_controls" in warning
     assert "train.average_last_checkpoints" in warning and "not applied" in warning
