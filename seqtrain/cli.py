@@ -30,6 +30,20 @@ def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
         help="one or more YAML files, merged left to right",
     )
     parser.add_argument("--model_dir", help="overrides model_dir (as OpenNMT-tf)")
+    parser.add_argument(
+        "--model_type",
+        metavar="NAME",
+        help="OpenNMT-tf catalog Transformer (TransformerBase, TransformerBig, TransformerTiny, "
+        "*SharedEmbeddings, *Relative, ScalingNmtEnDe/EnFr): its model keys, under the "
+        "config's model: section; train remembers it in model_dir",
+    )
+    parser.add_argument(
+        "--auto_config",
+        action="store_true",
+        default=None,
+        help="merge the model's recommended params/train/eval/infer values under the config's "
+        "(as OpenNMT-tf; default: the config's auto_config key)",
+    )
 
 
 def _overrides(args) -> dict:
@@ -45,8 +59,10 @@ def _overrides(args) -> dict:
 
 def _load(args, command: str | None = None):
     from seqtrain import config as cfg
+    from seqtrain import presets
 
-    config = cfg.load_config(args.config, _overrides(args))
+    resolve = presets.resolver(args.model_type, args.auto_config)
+    config = cfg.load_config(args.config, _overrides(args), resolve=resolve)
     origin = " + ".join(args.config)
     cfg.check(config, origin)
     if command:
@@ -61,7 +77,10 @@ def cmd_train(args) -> None:
             "--with_eval: set data.eval_features_file and eval.steps (seqtrain evaluates "
             "whenever they are set, with or without the flag)"
         )
-    from seqtrain import trainer
+    from seqtrain import presets, trainer
+
+    if args.model_type:  # later commands on this model_dir may omit --model_type
+        presets.remember_model_type(config.model_dir, args.model_type)
 
     trainer.train(
         config,

@@ -47,6 +47,11 @@ class DataConfig:
     alignment_level: Literal["tokens", "words"] = "tokens"  # indices count model tokens or words
 
 
+SharingLevel = Literal["none", "source_target_input", "target", "all", "auto"]
+PositionEncoder = Literal["SinusoidalPositionEncoder"]
+SINUSOIDAL = "SinusoidalPositionEncoder"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     num_layers: int = _opt(6, minimum=1)  # encoder and decoder layers each
@@ -56,8 +61,15 @@ class ModelConfig:
     dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # on embeddings and sublayer outputs
     attention_dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # on attention probabilities
     ffn_dropout: float = _opt(0.1, minimum=0.0, maximum=1.0)  # after the FFN's ReLU
-    share_embeddings: Literal["none", "source_target_input", "target", "all"] = "none"  # tied
-    # matrices (OpenNMT-tf levels): source_target_input, target (input+output), all
+    share_embeddings: SharingLevel = "none"  # tied matrices (OpenNMT-tf levels):
+    # source_target_input, target (input+output), all; auto: all if data.source_vocabulary and
+    # data.target_vocabulary are one file, else target (resolved when the config is loaded)
+    position_encoder_class: Optional[PositionEncoder] = SINUSOIDAL  # absolute positions added
+    # to the embeddings (OpenNMT-tf's class name); null = none (the *Relative models)
+    maximum_relative_position: Optional[int] = _opt(None, minimum=1)  # Shaw et al. 2018 clipped
+    # relative keys/values in self-attention (OpenNMT-tf's *Relative models: 20); null = off
+    pre_norm: bool = True  # layer norm before each sublayer (+ final norms), false: after it
+    output_layer_bias: bool = True  # bias on the vocabulary projection (ScalingNmt*: false)
     alignment_layer: int = -1  # decoder layer whose cross-attention is guided (-1 = last)
     alignment_heads: int = _opt(1, minimum=0)  # guided heads: first k averaged, 0 = all heads
     alignment_row: Literal["predicting", "reading"] = "predicting"  # decoder step of target
@@ -200,6 +212,7 @@ class InferConfig:
 @dataclass(frozen=True)
 class Config:
     model_dir: str = _opt("", path=True)  # checkpoints, logs, caches (required)
+    auto_config: bool = False  # merge the model's recommended settings under the user's keys
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     params: ParamsConfig = field(default_factory=ParamsConfig)
@@ -220,8 +233,12 @@ REQUIRED_FILES = {
 }
 
 
-def load_config(paths: list[str], overrides: Optional[dict] = None) -> Config:
-    """Read, merge (left to right) and validate YAML files; ``overrides`` merge last."""
+def load_config(paths: list[str], overrides: Optional[dict] = None, resolve=None) -> Config:
+    """Read, merge (left to right) and validate YAML files; ``overrides`` merge last.
+
+    ``resolve(merged, origin) -> (dict, origin)`` rewrites the merged user dict before it is
+    validated (``seqtrain.presets``: --model_type and auto_config values under the user's keys).
+    """
     merged: dict = {}
     origin = "<config>"
     for path in paths:
@@ -243,6 +260,8 @@ def load_config(paths: list[str], overrides: Optional[dict] = None) -> Config:
         origin = path if origin == "<config>" else f"{origin} + {path}"
     if overrides:
         merged = merge(merged, overrides)
+    if resolve is not None:
+        merged, origin = resolve(merged, origin)
     config = build(merged, origin)
     if not config.model_dir:
         raise SeqtrainError(f"{origin}: model_dir is required (where checkpoints and logs go)")

@@ -102,18 +102,19 @@ class Dense(tf.Module):
     its gradient (TF-NOTES, "einsum trap").
     """
 
-    def __init__(self, in_dim, out_dim, seed, path, blocks=1, name=None):
+    def __init__(self, in_dim, out_dim, seed, path, blocks=1, use_bias=True, name=None):
         super().__init__(name=name)
         self.out_dim = out_dim
         init = glorot_uniform([in_dim, out_dim], seed, f"{path}/kernel", fan_out=out_dim // blocks)
         self.kernel = tf.Variable(init, name="kernel")
-        self.bias = tf.Variable(tf.zeros([out_dim]), name="bias")
+        self.bias = tf.Variable(tf.zeros([out_dim]), name="bias") if use_bias else None
 
     def __call__(self, x, dtype):
         """x: [..., in] of ``dtype`` -> [..., out]."""
         outer = tf.shape(x)[:-1]
         y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), cast(self.kernel, dtype))
-        y = tf.nn.bias_add(y, cast(self.bias, dtype))
+        if self.bias is not None:
+            y = tf.nn.bias_add(y, cast(self.bias, dtype))
         return tf.reshape(y, tf.concat([outer, [self.out_dim]], 0))
 
 
@@ -164,12 +165,28 @@ class MultiHeadAttention(tf.Module):
     Self-attention fuses the Q, K, V projections into one [d, 3d] kernel; cross-attention has a
     [d, d] query kernel and a fused [d, 2d] key|value kernel (keys/values are computed once per
     source sentence in incremental decoding). Head h owns columns h*dh:(h+1)*dh of each block.
+
+    With ``relative`` = M (self-attention, OpenNMT-tf's ``maximum_relative_position``), the
+    variables ``relative_position_keys`` and ``relative_position_values`` [2M+1, dh] (shared by
+    the heads) hold one vector per clipped distance key - query in [-M, M] (row distance + M);
+    the key vector is added to each key before the dot product, the value vector to each value.
     """
 
-    def __init__(self, num_units, num_heads, seed, path, cross, name=None):
+    def __init__(self, num_units, num_heads, seed, path, cross, relative=None, name=None):
         super().__init__(name=name)
         self.num_heads = num_heads
         self.cross = cross
+        self.maximum_relative_position = relative
+        if relative is not None:  # Shaw et al. 2018, self-attention only (as OpenNMT-tf)
+            shape = [2 * relative + 1, num_units // num_heads]
+            self.relative_position_keys = tf.Variable(
+                glorot_uniform(shape, seed, f"{path}/relative_position_keys"),
+                name="relative_position_keys",
+            )
+            self.relative_position_values = tf.Variable(
+                glorot_uniform(shape, seed, f"{path}/relative_position_values"),
+                name="relative_position_values",
+            )
         if cross:
             self.query = Dense(num_units, num_units, seed, f"{path}/query", name="query")
             self.key_value = Dense(
@@ -197,7 +214,9 @@ class MultiHeadAttention(tf.Module):
         """Attention of queries over keys.
 
         Args:
-          q: [B, H, T, dh]; k, v: [B, H, S, dh] (``dtype``).
+          q: [B, H, T, dh]; k, v: [B, H, S, dh] (``dtype``). With relative positions the T
+            queries are the last T of the S positions (T = S in a full pass, T = 1 for one
+            decoding step over a cache).
           bias: float32 broadcastable to [B, H, T, S] (0 or MASK_VALUE), or None.
           dropout: a ``Dropout``; rate: the attention dropout rate.
 
@@ -205,12 +224,65 @@ class MultiHeadAttention(tf.Module):
           (output [B, T, d] of ``dtype``, probabilities float32 [B, H, T, S] before dropout).
         """
         depth = q.shape[-1]
-        logits = tf.cast(tf.matmul(q * depth**-0.5, k, transpose_b=True), tf.float32)
+        q = q * depth**-0.5
+        logits = tf.matmul(q, k, transpose_b=True)
+        one_hot = None
+        if self.maximum_relative_position is not None:
+            one_hot = relative_one_hot(
+                tf.shape(q)[2], tf.shape(k)[2], self.maximum_relative_position, dtype
+            )
+            keys = cast(self.relative_position_keys, dtype)
+            logits += relative_matmul(last_axis_matmul(q, keys, True), one_hot, True)
+        logits = tf.cast(logits, tf.float32)
         if bias is not None:
             logits += bias
         probs = tf.nn.softmax(logits)
-        context = tf.matmul(dropout(tf.cast(probs, dtype), rate), v)
+        dropped = dropout(tf.cast(probs, dtype), rate)
+        context = tf.matmul(dropped, v)
+        if one_hot is not None:
+            values = cast(self.relative_position_values, dtype)
+            context += last_axis_matmul(relative_matmul(dropped, one_hot, False), values, False)
         return self.output(combine_heads(context), dtype), probs
+
+
+def relative_one_hot(query_length, key_length, maximum, dtype):
+    """One-hot clipped relative positions, [Tq, Tk, 2M+1] of ``dtype`` (M = ``maximum``).
+
+    The queries are positions Tk-Tq .. Tk-1 of the keys' 0 .. Tk-1 (a full pass: Tq = Tk; one
+    cached decoding step: Tq = 1, the newest position). Entry [t, s] is one at
+    clip(s - (Tk - Tq + t), -M, M) + M, OpenNMT-tf's ``relative_positions``.
+    """
+    keys = tf.range(key_length)
+    queries = tf.range(key_length - query_length, key_length)
+    distance = tf.clip_by_value(keys[tf.newaxis, :] - queries[:, tf.newaxis], -maximum, maximum)
+    return tf.one_hot(distance + maximum, 2 * maximum + 1, dtype=dtype)
+
+
+def last_axis_matmul(x, matrix, transpose):
+    """[..., n] @ matrix [n, m] (or matrix^T [m, n] when ``transpose``) -> [..., m], as a 2-D
+    matmul (a broadcast batch matmul's gradient would reduce a batch of products)."""
+    inner = matrix.shape[1] if transpose else matrix.shape[0]
+    flat = tf.matmul(tf.reshape(x, [-1, inner]), matrix, transpose_b=transpose)
+    return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], tf.shape(flat)[-1:]], 0))
+
+
+def relative_matmul(x, one_hot, to_keys):
+    """Per query position t, ``x[:, :, t] @ one_hot[t]^T`` or ``@ one_hot[t]``.
+
+    Args:
+      x: [B, H, Tq, 2M+1] (to_keys: scores per relative position -> per key) or
+        [B, H, Tq, Tk] (not to_keys: weights per key -> summed per relative position).
+      one_hot: [Tq, Tk, 2M+1] from ``relative_one_hot``.
+
+    Returns:
+      [B, H, Tq, Tk] (to_keys) or [B, H, Tq, 2M+1]. Batched over t as matmuls, so the
+      relative tables get dense [2M+1, dh] gradients (no [Tq, Tk, dh] gather).
+    """
+    shape = tf.shape(x)
+    flat = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [shape[2], shape[0] * shape[1], shape[3]])
+    y = tf.matmul(flat, one_hot, transpose_b=to_keys)  # [Tq, B*H, Tk or 2M+1]
+    y = tf.reshape(y, [shape[2], shape[0], shape[1], tf.shape(y)[-1]])
+    return tf.transpose(y, [1, 2, 0, 3])
 
 
 class FeedForward(tf.Module):

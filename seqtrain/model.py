@@ -1,9 +1,14 @@
 """Transformer encoder-decoder (OpenNMT-tf's ``Transformer``) with a guided-alignment head.
 
 Plain ``tf.Module`` code (see ``seqtrain.layers`` for why not Keras). Architecture, as
-OpenNMT-tf 2.x: token embeddings scaled by sqrt(d) plus 1-based sinusoidal position encodings,
-dropout; pre-layer-norm blocks (norm -> sublayer -> dropout -> residual) with a final layer norm
-in the encoder and the decoder; ReLU FFN; output projection with bias to the target vocabulary.
+OpenNMT-tf 2.x: token embeddings scaled by sqrt(d) plus 1-based sinusoidal position encodings
+(none with ``position_encoder_class: null``), dropout; pre-layer-norm blocks (norm -> sublayer
+-> dropout -> residual) with a final layer norm in the encoder and the decoder, or with
+``pre_norm: false`` post-norm blocks (sublayer -> dropout -> residual -> norm) and no final
+norms (``seqtrain.blocks``); ReLU FFN; output projection to the target vocabulary, with a bias
+unless ``output_layer_bias: false``. ``maximum_relative_position`` adds Shaw et al.'s clipped
+relative position representations to every self-attention, the decoding cache included (the
+step being decoded is the newest of the cached positions).
 
 ``share_embeddings`` (OpenNMT-tf's EmbeddingsSharingLevel):
   none: three separate matrices; source_target_input: one matrix for source and target input
@@ -34,91 +39,18 @@ Incremental decoding returns per-*step* attention; ``alignment_shift`` says how 
 
 import tensorflow as tf
 
+from seqtrain.blocks import DecoderLayer, EncoderLayer
 from seqtrain.config import check_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.layers import (
     Dense,
     Dropout,
-    FeedForward,
     LayerNorm,
-    MultiHeadAttention,
     attention_bias,
     causal_bias,
     glorot_uniform,
     sinusoidal_encoding,
 )
-
-
-class EncoderLayer(tf.Module):
-    """Self-attention block then FFN block, both pre-norm with residual."""
-
-    def __init__(self, config, seed, path, name=None):
-        super().__init__(name=name)
-        d = config.num_units
-        self.config = config
-        self.self_attention_norm = LayerNorm(d, name="self_attention_norm")
-        self.self_attention = MultiHeadAttention(
-            d, config.num_heads, seed, f"{path}/self_attention", cross=False, name="self_attention"
-        )
-        self.ffn_norm = LayerNorm(d, name="ffn_norm")
-        self.ffn = FeedForward(d, config.ffn_inner_dim, seed, f"{path}/ffn", name="ffn")
-
-    def __call__(self, x, bias, dropout, dtype):
-        """x: [B, S, d]; bias: float32 [B, 1, 1, S] -> [B, S, d]."""
-        c = self.config
-        q, k, v = self.self_attention.project_self(self.self_attention_norm(x), dtype)
-        y, _ = self.self_attention.attend(q, k, v, bias, dropout, c.attention_dropout, dtype)
-        x = x + dropout(y, c.dropout)
-        y = self.ffn(self.ffn_norm(x), dropout, c.ffn_dropout, dtype)
-        return x + dropout(y, c.dropout)
-
-
-class DecoderLayer(tf.Module):
-    """Causal self-attention, encoder-decoder attention, FFN; all pre-norm with residual."""
-
-    def __init__(self, config, seed, path, name=None):
-        super().__init__(name=name)
-        d = config.num_units
-        self.config = config
-        self.self_attention_norm = LayerNorm(d, name="self_attention_norm")
-        self.self_attention = MultiHeadAttention(
-            d, config.num_heads, seed, f"{path}/self_attention", cross=False, name="self_attention"
-        )
-        self.cross_attention_norm = LayerNorm(d, name="cross_attention_norm")
-        self.cross_attention = MultiHeadAttention(
-            d, config.num_heads, seed, f"{path}/cross_attention", cross=True, name="cross_attention"
-        )
-        self.ffn_norm = LayerNorm(d, name="ffn_norm")
-        self.ffn = FeedForward(d, config.ffn_inner_dim, seed, f"{path}/ffn", name="ffn")
-
-    def __call__(self, x, self_bias, memory_kv, memory_bias, dropout, dtype, past=None):
-        """One decoder layer.
-
-        Args:
-          x: [B, T, d] inputs (T = 1 in incremental decoding).
-          self_bias: float32 broadcastable to [B, H, T, T'] or None (incremental: all past keys).
-          memory_kv: (keys, values) [B, H, S, dh] from ``cross_attention.project_key_value``.
-          memory_bias: float32 [B, 1, 1, S].
-          past: None, or (keys, values) [B, H, t, dh] of earlier steps (incremental decoding).
-
-        Returns:
-          (output [B, T, d], cross-attention probabilities float32 [B, H, T, S] before dropout,
-          (keys, values) [B, H, T', dh] of the self-attention including the new steps).
-        """
-        c = self.config
-        q, k, v = self.self_attention.project_self(self.self_attention_norm(x), dtype)
-        if past is not None:
-            k = tf.concat([past[0], k], axis=2)
-            v = tf.concat([past[1], v], axis=2)
-        y, _ = self.self_attention.attend(q, k, v, self_bias, dropout, c.attention_dropout, dtype)
-        x = x + dropout(y, c.dropout)
-        q = self.cross_attention.project_query(self.cross_attention_norm(x), dtype)
-        y, probs = self.cross_attention.attend(
-            q, memory_kv[0], memory_kv[1], memory_bias, dropout, c.attention_dropout, dtype
-        )
-        x = x + dropout(y, c.dropout)
-        y = self.ffn(self.ffn_norm(x), dropout, c.ffn_dropout, dtype)
-        return x + dropout(y, c.dropout), probs, (k, v)
 
 
 class Transformer(tf.Module):
@@ -161,16 +93,20 @@ class Transformer(tf.Module):
             EncoderLayer(config, seed, f"encoder/layer_{i}", name=f"encoder_layer_{i}")
             for i in range(config.num_layers)
         ]
-        self.encoder_norm = LayerNorm(d, name="encoder_norm")
+        # Post-norm layers end with a norm already: no final norms (None) with pre_norm false.
+        self.encoder_norm = LayerNorm(d, name="encoder_norm") if config.pre_norm else None
         self.decoder_layers = [
             DecoderLayer(config, seed, f"decoder/layer_{i}", name=f"decoder_layer_{i}")
             for i in range(config.num_layers)
         ]
-        self.decoder_norm = LayerNorm(d, name="decoder_norm")
-        if self.ties_output:
+        self.decoder_norm = LayerNorm(d, name="decoder_norm") if config.pre_norm else None
+        if not self.ties_output:
+            self.output = Dense(
+                d, target_vocab_size, seed, "output", use_bias=config.output_layer_bias,
+                name="output",
+            )  # fmt: skip
+        elif config.output_layer_bias:
             self.output_bias = tf.Variable(tf.zeros([target_vocab_size]), name="output_bias")
-        else:
-            self.output = Dense(d, target_vocab_size, seed, "output", name="output")
 
     def target_input_embedding(self):
         """The [V_target, d] matrix the decoder input ids are looked up in."""
@@ -218,7 +154,8 @@ class Transformer(tf.Module):
         """ids [B, T], positions float32 [T] (1-based) -> [B, T, d] of compute dtype."""
         d = self.config.num_units
         x = tf.gather(embedding, ids) * d**0.5  # gather on the variable: IndexedSlices gradient
-        x += sinusoidal_encoding(positions, d)[tf.newaxis]
+        if self.config.position_encoder_class is not None:
+            x += sinusoidal_encoding(positions, d)[tf.newaxis]
         return dropout(tf.cast(x, self.compute_dtype), self.config.dropout)
 
     def _encode(self, source_ids, source_length, dropout):
@@ -229,7 +166,7 @@ class Transformer(tf.Module):
         bias = attention_bias(mask)
         for layer in self.encoder_layers:
             x = layer(x, bias, dropout, self.compute_dtype)
-        return self.encoder_norm(x), mask
+        return self.final_norm(x, self.encoder_norm), mask
 
     def _decode(self, target_in, target_length, memory, memory_mask, dropout):
         dtype = self.compute_dtype
@@ -251,7 +188,7 @@ class Transformer(tf.Module):
             _, attention = self._decoder_stack(
                 inputs, padding_bias, memory_kvs, memory_bias, dropout, self.alignment_index + 1
             )
-        return self._project(self.decoder_norm(x)), self.token_rows(attention)
+        return self._project(self.final_norm(x, self.decoder_norm)), self.token_rows(attention)
 
     def _decoder_stack(self, x, self_bias, memory_kvs, memory_bias, dropout, num_layers=None):
         """Decoder layers [0, num_layers) -> (output [B, T, d], guided attention [B, T, S] by
@@ -264,6 +201,10 @@ class Transformer(tf.Module):
             if i == self.alignment_index:
                 attention = self._alignment_heads(probs)
         return x, attention
+
+    def final_norm(self, x, norm):
+        """A pre-norm stack's closing layer norm (identity with ``pre_norm: false``)."""
+        return norm(x) if norm is not None else x
 
     def token_rows(self, step_attention):
         """Per-step attention [B, T, S] -> token order [B, T, S] (see ``alignment_token_rows``)."""
@@ -282,7 +223,8 @@ class Transformer(tf.Module):
         flat = tf.reshape(x, [-1, x.shape[-1]])
         embedding = tf.cast(self.target_input_embedding(), self.compute_dtype)
         logits = tf.matmul(flat, embedding, transpose_b=True)
-        logits = tf.nn.bias_add(logits, tf.cast(self.output_bias, self.compute_dtype))
+        if self.config.output_layer_bias:
+            logits = tf.nn.bias_add(logits, tf.cast(self.output_bias, self.compute_dtype))
         return tf.cast(tf.reshape(logits, [shape[0], shape[1], -1]), tf.float32)
 
     def initial_cache(self, memory, memory_mask):
@@ -353,7 +295,7 @@ class Transformer(tf.Module):
             new_layers.append(dict(state, self_keys=keys, self_values=values))
             if i == self.alignment_index:
                 attention = self._alignment_heads(probs)[:, 0]
-        logits = self._project(self.decoder_norm(x))[:, 0]
+        logits = self._project(self.final_norm(x, self.decoder_norm))[:, 0]
         return logits, attention, {"memory_mask": cache["memory_mask"], "layers": new_layers}
 
 
@@ -368,6 +310,11 @@ def alignment_token_rows(step_attention, shift):
 def _check(config, source_vocab_size, target_vocab_size):
     """Model-level consistency checks (SeqtrainError with what to change)."""
     check_model(config)
+    if config.share_embeddings == "auto":
+        raise SeqtrainError(
+            "model.share_embeddings = auto is resolved from the vocabulary files when the "
+            "configuration is loaded; build the model from a loaded configuration, or give a level"
+        )
     sharing_inputs = config.share_embeddings in ("source_target_input", "all")
     if sharing_inputs and source_vocab_size != target_vocab_size:
         raise SeqtrainError(

@@ -78,6 +78,7 @@ def main() -> None:
         "# by tools/make_reference_config.py; a test keeps them identical). Copy what you need.",
         "",
         "model_dir: run/my-model                     # " + notes["Config.model_dir"],
+        "auto_config: false                          # " + notes["Config.auto_config"],
     ]
     for section, cls in SECTIONS.items():
         lines += ["", f"{section}:"]
