@@ -38,6 +38,7 @@ def test_save_eval_predictions_writes_the_dev_translations_per_step(tmp_path):
     assert list(read_text_lines(path)) == list(read_text_lines(expected))
     assert len(list(read_text_lines(path))) == 6
     # Off by default; the evaluation of another worker never writes.
+    os.makedirs(tmp_path / "off")
     config, _ = make_run(str(tmp_path / "off"), lines=6)
     evaluate.Evaluator.for_training(config, restore_model(config)[0])(7)
     assert not os.path.exists(os.path.join(config.model_dir, "eval"))
