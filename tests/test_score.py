@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import make_corpus, run_cli, tiny_config, write_config, write_lines
 from test_word_alignments import chars, one_hot_rows  # noqa: F401 (chars: a fixture)
 
-from seqtrain import aer, decoding, score, translate
+from seqtrain import aer, decoding, export, score, translate
 from seqtrain import config as cfg
 from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
@@ -259,3 +259,8 @@ def test_replace_unknown_target_copies_the_aligned_source_word(copy_model, tmp_p
     expected = [" ".join("<unk>" if w in unknown else w for w in line.split()) for line in probes]
     assert read(plain) == expected  # the model copies, with <unk> for the words it lacks
     assert read(replaced) == probes  # ... and each <unk> takes back its source word
+    # The SavedModel does the same in its graph.
+    directory = export.export(cfg.build(raw, "test"), str(tmp_path / "export"))
+    signature = tf.saved_model.load(directory).signatures["translate"]
+    result = signature(sentences=tf.constant(probes))
+    assert [t.decode() for t in result["translations"].numpy()] == probes
