@@ -18,7 +18,7 @@ from seqtrain import config as cfg
 from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.evaluate import evaluate_command
-from seqtrain.vocab import Vocab, read_text_lines
+from seqtrain.vocab import UNK, Vocab, read_text_lines
 
 
 def read(path):
@@ -159,6 +159,32 @@ def test_score_cli_error_exits_2_and_writes_nothing(untrained, tmp_path):
     line = proc.stderr.strip().splitlines()[-1]  # after TensorFlow's own start-up lines
     assert re.fullmatch(r"seqtrain score: error: .*dev\.src line 40: no matching line .*", line)
     assert not out.exists()
+
+
+def test_replace_unknown_target_in_translate_and_the_saved_model(untrained, tmp_path):
+    """A model pushed to write <unk> at every step (+20 on its output bias): with
+    params.replace_unknown_target every output word is a word of its own source line, and the
+    SavedModel's graph gives translate's lines."""
+    config, corpus = untrained
+    model = build_model(config)
+    tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(config.model_dir))
+    model.output.bias.assign(tf.one_hot(UNK, model.output.bias.shape[0]) * 20.0)
+    raw = cfg.merge(cfg.to_dict(config), {
+        "model_dir": str(tmp_path / "unk"),
+        "params": {"replace_unknown_target": True, "beam_width": 1, "maximum_decoding_length": 4},
+    })  # fmt: skip
+    config = cfg.build(raw, "test")
+    tf.train.Checkpoint(model=model).save(os.path.join(config.model_dir, "ckpt"))
+    sources = read(corpus["dev.src"])[:6]
+    write_lines(tmp_path / "in.src", sources)
+    out = str(tmp_path / "out.txt")
+    translate.translate_command(config, str(tmp_path / "in.src"), out)
+    lines = read(out)
+    for source, line in zip(sources, lines):
+        assert len(line.split()) == 4 and set(line.split()) <= set(source.split()), line
+    signature = tf.saved_model.load(export.export(config, str(tmp_path / "export")))
+    result = signature.signatures["translate"](sentences=tf.constant(sources))
+    assert [t.decode() for t in result["translations"].numpy()] == lines
 
 
 # ---------------------------------------------------------------- a trained copy model (slow)
