@@ -151,6 +151,21 @@ def cmd_translate(args) -> None:
     )
 
 
+def cmd_score(args) -> None:
+    config = _load(args, "infer")
+    from seqtrain import score
+
+    score.score_command(
+        config,
+        features_file=args.features_file,
+        predictions_file=args.predictions_file,
+        output_file=args.output_file,
+        checkpoint_path=args.checkpoint_path,
+        with_alignments=args.with_alignments,
+        with_token_level=args.with_token_level,
+    )
+
+
 def cmd_plot_alignment(args) -> None:
     config = _load(args, "infer")
     from seqtrain import alignment_plot
@@ -322,6 +337,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--with_scores", action="store_true")
     p.add_argument("--n_best", type=int)
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("score", help="score and align given translations (forced decoding)")
+    _add_config(p)
+    p.add_argument("--features_file", required=True, help="source lines")
+    p.add_argument("--predictions_file", required=True, help="their translations, one per line")
+    p.add_argument("--output_file", help="default: standard output")
+    p.add_argument("--checkpoint_path")
+    p.add_argument("--with_alignments", choices=["hard", "soft"])
+    p.add_argument("--with_token_level", action="store_true", help="per-token scores too")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("plot-alignment", help="heatmaps of the guided head, one PNG per pair")
     _add_config(p)

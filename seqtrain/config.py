@@ -153,6 +153,11 @@ class ParamsConfig:
     maximum_decoding_length_offset: int = _opt(10, minimum=0)  # added to factor * S
     alignment_extraction: Literal["argmax", "intersection"] = "intersection"  # hard links: only
     # mutual best (source, target) pairs, or argmax: every target token's best source (OpenNMT-tf)
+    replace_unknown_target: bool = False  # each output <unk> -> the source token it aligns to
+    coverage_penalty: float = _opt(0.0, minimum=0.0)  # GNMT beta, beam search only (0 = off)
+    minimum_decoding_length: int = _opt(0, minimum=0)  # no </s> before this many output tokens
+    sampling_topk: int = _opt(1, minimum=0)  # 1 = argmax; k: sample among the k best; 0 = all
+    sampling_temperature: float = _opt(1.0, minimum=0.0)  # sampling: logits / temperature (> 0)
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,9 @@ class EvalConfig:
     early_stopping: Optional[EarlyStopping] = None  # {metric, min_improvement, steps}
     export_on_best: Optional[str] = None  # metric whose best value exports a SavedModel
     alignment_images: int = _opt(3, minimum=0)  # first dev pairs drawn to TensorBoard, 0 = off
+    save_eval_predictions: bool = False  # dev translations to model_dir/eval/predictions.txt.STEP
+    max_exports_to_keep: Optional[int] = _opt(5, minimum=1)  # export_on_best exports kept
+    # (model_dir/export/STEP, oldest removed first); null = all
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,16 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    batch_size: int = _opt(64, minimum=1)  # pairs (or tokens) per scoring batch
+    batch_type: Literal["examples", "tokens"] = "examples"  # unit of batch_size
+    length_bucket_width: Optional[int] = _opt(None, minimum=1)  # batches hold pairs of one
+    # length bucket of this width (pairs are always length-sorted); null = no bucket boundaries
+    with_alignments: Optional[Literal["hard", "soft"]] = None  # print alignments after |||
+    with_token_level: bool = False  # print each target token's negative log-likelihood
+
+
+@dataclass(frozen=True)
 class Config:
     model_dir: str = _opt("", path=True)  # checkpoints, logs, caches (required)
     auto_config: bool = False  # merge the model's recommended settings under the user's keys
@@ -219,6 +237,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
 
 SCORERS = ("bleu", "chrf", "chrf++", "ter", "wer")
@@ -363,6 +382,7 @@ def check(config: Config, origin: str = "<config>") -> None:
     if "aer" in (stopping.metric if stopping else None, config.eval.export_on_best):
         if not config.data.eval_alignments:
             raise SeqtrainError(f"{origin}: AER as a criterion needs data.eval_alignments (gold)")
+    check_decoding(config.params, origin)
     if config.params.guided_alignment_type and not config.data.train_alignments:
         raise SeqtrainError(
             f"{origin}: params.guided_alignment_type is '{config.params.guided_alignment_type}' "
@@ -399,6 +419,17 @@ def schedule_arguments(decay_type: str, given: dict, learning_rate: float, origi
         )
     first = next(iter(accepted))
     return {**accepted, first: learning_rate, **given}
+
+
+def check_decoding(p: ParamsConfig, origin: str = "<config>") -> None:
+    """Decoding keys that only make sense together."""
+    if p.sampling_temperature <= 0:
+        raise SeqtrainError(f"{origin}: params.sampling_temperature must be > 0 (1 = unchanged)")
+    if p.sampling_topk != 1 and p.beam_width != 1:
+        raise SeqtrainError(
+            f"{origin}: params.sampling_topk = {p.sampling_topk} samples with greedy search only; "
+            f"set params.beam_width to 1 (it is {p.beam_width}) or sampling_topk to 1"
+        )
 
 
 def check_files(config: Config, command: str, origin: str = "<config>") -> None:

@@ -24,7 +24,9 @@ Conventions (both searches):
     step the model was trained to align it with: with ``model.incremental_alignment`` (OpenNMT-tf's
     convention: the step that produced token t) the search's own steps; otherwise a
     teacher-forced pass over the finished hypotheses (``model.decode``), which serves every
-    convention exactly, including the last token of a hypothesis cut at the maximum length.
+    convention exactly, including the last token of a hypothesis cut at the maximum length;
+  * ``options`` (``search_rules.SearchOptions``): minimum length (both searches), random sampling
+    (greedy search), coverage penalty (beam search); see ``seqtrain.search_rules``.
 """
 
 from typing import NamedTuple
@@ -33,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from seqtrain.errors import SeqtrainError
+from seqtrain.search_rules import PLAIN, coverage_penalty, forbid_token, sample_tokens
 
 # Vocabulary ids fixed by the data contract (see CONTRACT / seqtrain.data).
 BOS_ID = 1
@@ -74,12 +77,13 @@ def cut_at_limit(lengths, maximum_length):
     return lengths >= limits
 
 
-def greedy_search(model, source_ids, source_length, maximum_length):
-    """Greedy decoding: the argmax token at each step.
+def greedy_search(model, source_ids, source_length, maximum_length, options=PLAIN):
+    """Greedy decoding: the argmax (or a sampled) token at each step.
 
     Args:
       model: incremental decoding API (see the module docstring).
-      source_ids: int32 [B, S]; source_length: int32 [B]; maximum_length: int32 scalar or [B].
+      source_ids: int32 [B, S]; source_length: int32 [B]; maximum_length: int32 scalar or [B];
+      options: minimum length and sampling (``SearchOptions``; coverage_penalty is ignored).
 
     Returns:
       ``DecodingResult`` with N = 1; scores are plain sums of log-probabilities.
@@ -102,7 +106,9 @@ def greedy_search(model, source_ids, source_length, maximum_length):
     def step_fn(state):
         logits, attention, cache = model.decode_step(state["inputs"], state["step"], state["cache"])
         log_probs = tf.nn.log_softmax(logits)
-        tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        if options.minimum_length:
+            log_probs = forbid_token(log_probs, EOS_ID, state["step"] < options.minimum_length)
+        tokens = sample_tokens(log_probs, options.sampling_topk, options.sampling_temperature)
         token_scores = tf.gather(log_probs, tokens, batch_dims=1)
         ended = tf.logical_or(state["finished"], tf.equal(tokens, EOS_ID))
         # A sentence whose limit is reached is finished too (cut; this token counts).
@@ -138,9 +144,16 @@ def length_penalty_factor(length, alpha):
 
 
 def beam_search(
-    model, source_ids, source_length, beam_width, length_penalty, maximum_length, n_best=1
+    model,
+    source_ids,
+    source_length,
+    beam_width,
+    length_penalty,
+    maximum_length,
+    n_best=1,
+    options=PLAIN,
 ):
-    """Beam search with the GNMT length penalty.
+    """Beam search with the GNMT length penalty (and coverage penalty, ``options``).
 
     A finished beam stays in the beam: it can only be extended by ``</s>`` at log-probability 0
     (its length and score frozen), competing with the open ones.
@@ -157,7 +170,10 @@ def beam_search(
       model: incremental decoding API; source_ids int32 [B, S]; source_length int32 [B].
       beam_width: K (python int); length_penalty: alpha (python float); maximum_length: int32
         scalar or [B] (a sentence is done, its beams frozen, once its limit is reached);
-      n_best: N <= K hypotheses returned per sentence.
+      n_best: N <= K hypotheses returned per sentence;
+      options: minimum length and coverage penalty (``SearchOptions``; no sampling here). The
+        coverage penalty is part of the score of every finished hypothesis, from the step that
+        emits its ``</s>`` on.
 
     Returns:
       ``DecodingResult``: N best hypotheses per sentence by length-penalized score, descending.
@@ -187,14 +203,19 @@ def beam_search(
         "ids": tf.zeros([batch, k, 0], tf.int32),
         "attention": tf.zeros([batch, k, 0, source_len]),
     }
+    if options.coverage_penalty:
+        state["coverage"] = tf.zeros([batch, k, source_len])  # attention summed over steps
     state = _decode_loop(
         model,
         state,
-        lambda state: _beam_step(model, state, batch, k, length_penalty, n_best, limits),
+        lambda state: _beam_step(model, state, (batch, k, n_best, limits), length_penalty, options),
         limits,
         done_key="done",
     )
     scores = state["log_probs"] / length_penalty_factor(state["generated"], length_penalty)
+    if options.coverage_penalty:
+        finished = tf.cast(state["finished"], tf.float32)
+        scores += options.coverage_penalty * coverage_penalty(state["coverage"]) * finished
     scores, best = tf.math.top_k(scores, k=n_best)
     lengths = state["generated"] - tf.cast(state["finished"], tf.int32)
     ids = tf.gather(state["ids"], best, batch_dims=1)
@@ -228,23 +249,36 @@ def forced_alignment(model, memory, memory_mask, ids, lengths):
     return tf.reshape(attention[:, :length], [batch, n, length, tf.shape(memory)[1]])
 
 
-def _beam_step(model, state, batch, k, alpha, n_best, limits):
+def _beam_step(model, state, shape, alpha, options):
     """One beam-search step on the loop state (see ``beam_search``).
 
     Beams of finished hypotheses and all beams of done sentences are frozen: their only
     candidate is ``</s>`` at log-probability 0 with the length unchanged, so they keep their
-    score (and, being sorted already, their order). limits: int32 [B] output length limits.
+    score (and, being sorted already, their order). shape: (B, K, n_best, limits int32 [B]
+    output length limits).
     """
+    batch, k, n_best, limits = shape
     step, finished = state["step"], state["finished"]
     frozen = tf.logical_or(finished, state["done"][:, tf.newaxis])  # [B, K]
     logits, attention, cache = model.decode_step(state["inputs"], step, state["cache"])
     vocab = tf.shape(logits)[-1]
     log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
+    if options.minimum_length:
+        log_probs = forbid_token(log_probs, EOS_ID, step < options.minimum_length)
     eos_only = tf.one_hot(EOS_ID, vocab, on_value=0.0, off_value=NEG_INF)
     log_probs = tf.where(frozen[:, :, tf.newaxis], eos_only, log_probs)
     total = state["log_probs"][:, :, tf.newaxis] + log_probs  # [B, K, V]
     generated = tf.where(frozen, state["generated"], step + 1)
     scores = total / length_penalty_factor(generated, alpha)[:, :, tf.newaxis]
+    extra = {}
+    if options.coverage_penalty:
+        open_rows = tf.reshape(attention, [batch, k, -1]) * tf.cast(~frozen, tf.float32)[..., None]
+        coverage = state["coverage"] + open_rows  # [B, K, S]
+        # Finished candidates: the frozen beams' and every open beam's </s>.
+        ends = tf.logical_or(frozen[:, :, tf.newaxis], tf.equal(tf.range(vocab), EOS_ID))
+        penalty = options.coverage_penalty * coverage_penalty(coverage)[:, :, tf.newaxis]
+        scores += tf.where(ends, penalty, 0.0)
+        extra["coverage"] = coverage
     # Sorted, so the first n_best beams are the sentence's best by current score.
     _, top = tf.math.top_k(tf.reshape(scores, [batch, k * vocab]), k=k)  # [B, K]
     parent, tokens = top // vocab, top % vocab
@@ -275,6 +309,7 @@ def _beam_step(model, state, batch, k, alpha, n_best, limits):
             [tf.gather(state["ids"], parent, batch_dims=1), tokens[:, :, tf.newaxis]], axis=2
         ),
         "attention": history,
+        **{key: tf.gather(value, parent, batch_dims=1) for key, value in extra.items()},
     }
 
 
@@ -311,12 +346,12 @@ def _mask_result(ids, lengths, scores, attention):
     return DecodingResult(ids, lengths, scores, attention)
 
 
-def compile_search(model, beam_width=1, length_penalty=0.0, n_best=1):
+def compile_search(model, beam_width=1, length_penalty=0.0, n_best=1, options=PLAIN):
     """A ``tf.function`` f(source_ids int32 [B, S], source_length int32 [B], maximum_length
     int32 scalar or [B]) -> ``DecodingResult``, traced once for any B and S.
 
     beam_width 1 runs ``greedy_search`` (its scores carry no length penalty; with one beam the
-    penalty changes no choice).
+    penalty changes no choice). options: ``search_rules.SearchOptions``.
     """
     signature = [
         tf.TensorSpec([None, None], tf.int32),
@@ -327,10 +362,11 @@ def compile_search(model, beam_width=1, length_penalty=0.0, n_best=1):
     @tf.function(input_signature=signature)
     def search(source_ids, source_length, maximum_length):
         if beam_width == 1 and n_best == 1:
-            return greedy_search(model, source_ids, source_length, maximum_length)
+            return greedy_search(model, source_ids, source_length, maximum_length, options)
         return beam_search(
-            model, source_ids, source_length, beam_width, length_penalty, maximum_length, n_best
-        )
+            model, source_ids, source_length, beam_width, length_penalty, maximum_length, n_best,
+            options,
+        )  # fmt: skip
 
     return search
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from seqtrain import aer, alignment, alignment_plot, data, decoding, losses, scorers
+from seqtrain import aer, alignment, alignment_plot, data, decoding, eval_outputs, losses, scorers
 from seqtrain import config as cfg
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import export_model, restore_model
@@ -126,7 +126,7 @@ class EvalSet:
 
 class Evaluator:
     """Loss/perplexity, BLEU/chrF and AER of a live model on a dev set; early stopping; best
-    weights (model_dir/best/) and best SavedModel (model_dir/export/best) when ``keep_best``."""
+    weights (model_dir/best/) and best SavedModels (model_dir/export/STEP) when ``keep_best``."""
 
     def __init__(
         self, config, model, eval_set: EvalSet, keep_best: bool = False, chief: bool = True
@@ -156,8 +156,9 @@ class Evaluator:
             self.patience = Patience(stopping.metric, stopping.min_improvement, stopping.steps)
         self.best_value = self._previous_best() if keep_best else None
         self._forward = _compile_forward(model)
-        self._translator = None
-        if self.scorers:
+        self._translator, self.translations_of_last = None, None
+        self.save_predictions = keep_best and chief and config.eval.save_eval_predictions
+        if self.scorers or self.save_predictions:
             self._translator = Translator(
                 model, config.params, config.eval.batch_size, batching=config.eval
             )
@@ -180,6 +181,8 @@ class Evaluator:
         start = time.time()
         metrics = self.evaluate()
         logger.debug("evaluation took %.1f s", time.time() - start)
+        if self.save_predictions:
+            eval_outputs.save_predictions(self.config.model_dir, step, self.translations_of_last)
         if self.keep_best:
             self._track(step, metrics)
         if self.patience is not None:
@@ -199,8 +202,9 @@ class Evaluator:
         ce_sum, tokens, links = self._forced()
         loss = ce_sum / tokens if tokens else math.nan
         metrics = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
-        if self.scorers:
+        if self._translator is not None:
             hypotheses, cut = self._translate()
+            self.translations_of_last = hypotheses  # eval.save_eval_predictions
             references = self.eval_set.references
             metrics.update(scorers.score_translations(hypotheses, references, self.scorers))
             metrics["cut"] = float(cut)
@@ -304,9 +308,12 @@ class Evaluator:
         if export_metric and is_better(export_metric, metrics.get(export_metric), self.export_best):
             self.export_best = value = metrics[export_metric]
             if self.chief:
-                path = os.path.join(self.config.model_dir, "export", "best")
+                path = eval_outputs.export_path(self.config.model_dir, step)
                 export_model(self.config, self.model, path)
                 logger.info("New best %s = %.4f: exported %s", export_metric, value, path)
+                eval_outputs.prune_exports(
+                    self.config.model_dir, self.config.eval.max_exports_to_keep
+                )
 
 
 def _compile_forward(model):

@@ -17,9 +17,11 @@ Signature ``translate`` (also ``serving_default``):
   incomplete).
 
 Decoding uses params.beam_width, length_penalty, maximum_decoding_length and its relative cap
-(maximum_decoding_length_factor/offset, per sentence as in ``seqtrain translate``). An empty input
-gives an empty translation, no links and score 0. ``assets.extra/seqtrain.json`` records the
-input form and the decoding settings.
+(maximum_decoding_length_factor/offset, per sentence as in ``seqtrain translate``), the decoding
+keys of ``seqtrain.search_rules`` and params.replace_unknown_target (each ``<unk>`` of the
+1-best becomes the source piece its alignment row attends to most, as in ``translate``). An
+empty input gives an empty translation, no links and score 0. ``assets.extra/seqtrain.json``
+records the input form and the decoding settings.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import tensorflow as tf
 from seqtrain import alignment, checkpoints, decoding
 from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
+from seqtrain.search_rules import SearchOptions
 from seqtrain.vocab import SP_MARKER, UNK
 
 logger = logging.getLogger(__name__)
@@ -121,8 +124,11 @@ class TranslateModule(tf.Module):
         )
         result = self._search(ids, lengths, limits)
         out_ids, out_len = result.ids[:, 0], result.lengths[:, 0]
-        out_pieces = tf.RaggedTensor.from_tensor(tf.gather(self.target_tokens, out_ids), out_len)
         attention = result.attention[:, 0]  # [B, L, S]
+        out_tokens = tf.gather(self.target_tokens, out_ids)  # [B, L]
+        if p.replace_unknown_target:
+            out_tokens = self._copy_unknowns(out_ids, out_tokens, attention, pieces, lengths)
+        out_pieces = tf.RaggedTensor.from_tensor(out_tokens, out_len)
         links = self._links(attention, lengths, out_len, pieces, out_pieces)
         empty = tf.equal(lengths, 0)
         return {
@@ -137,11 +143,22 @@ class TranslateModule(tf.Module):
     def _search(self, ids, lengths, limits):
         """limits: int32 [B] output length limits (``decoding.length_limits``)."""
         p = self.params
+        options = SearchOptions.from_params(p)
         if p.beam_width == 1:
-            return decoding.greedy_search(self.model, ids, lengths, limits)
+            return decoding.greedy_search(self.model, ids, lengths, limits, options)
         return decoding.beam_search(
-            self.model, ids, lengths, p.beam_width, p.length_penalty, limits
+            self.model, ids, lengths, p.beam_width, p.length_penalty, limits, options=options
         )
+
+    def _copy_unknowns(self, out_ids, out_tokens, attention, source_pieces, source_len):
+        """params.replace_unknown_target: each <unk> (out_ids int32 [B, L]) of out_tokens
+        tf.string [B, L] -> the source piece (ragged [B, (S)]) its row of attention [B, L, S]
+        attends to most, as ``translate.replace_unknowns``."""
+        source_mask = tf.sequence_mask(source_len, tf.shape(attention)[2])[:, tf.newaxis]
+        best = tf.argmax(tf.where(source_mask, attention, -1.0), axis=-1, output_type=tf.int32)
+        source_tokens = source_pieces.to_tensor("", shape=tf.shape(attention)[::2])  # [B, S]
+        copied = tf.gather(source_tokens, best, batch_dims=1)
+        return tf.where(tf.equal(out_ids, UNK), copied, out_tokens)
 
     def _detokenize(self, pieces):
         """ragged [B, (L)] pieces -> [B] text."""
@@ -237,6 +254,7 @@ def _write_saved_model(config, module, tmp: str, signatures: dict) -> None:
         "alignment_row": config.model.alignment_row,
         "alignment_context": config.model.alignment_context,
         "alignment_extraction": p.alignment_extraction,
+        "replace_unknown_target": p.replace_unknown_target,
         "beam_width": p.beam_width,
         "length_penalty": p.length_penalty,
         "maximum_decoding_length": p.maximum_decoding_length,

@@ -19,6 +19,10 @@
 * ``n_best`` N: N consecutive lines per input, best first. An empty input line is not decoded:
   its N lines are empty translations with score 0 and no links.
 
+``params.replace_unknown_target``: each ``<unk>`` of an output is replaced by the source piece its
+alignment row attends to most (argmax, the guided head in the convention the model was trained
+with), before detokenization and word merging.
+
 Inputs are decoded in batches of similar length (less padding); outputs keep the input order.
 ``Translator``, ``TargetText``, ``tokenize_lines`` and ``merge_to_words`` also serve
 ``seqtrain.evaluate`` (BLEU/chrF of the dev translations, word-level AER).
@@ -37,7 +41,8 @@ import numpy as np
 from seqtrain import alignment, data, decoding
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import restore_model
-from seqtrain.vocab import SP_MARKER, read_text_lines
+from seqtrain.search_rules import SearchOptions
+from seqtrain.vocab import SP_MARKER, UNK, read_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +76,10 @@ class Translator:
         self.maximum_length = params.maximum_decoding_length
         self.factor = params.maximum_decoding_length_factor
         self.offset = params.maximum_decoding_length_offset
-        self._search = decoding.compile_search(model, beam_width, params.length_penalty, n_best)
+        options = SearchOptions.from_params(params)
+        self._search = decoding.compile_search(
+            model, beam_width, params.length_penalty, n_best, options
+        )
 
     def __call__(self, source_id_lists) -> list[list[Hypothesis]]:
         """source_id_lists: int sequences (no BOS/EOS) -> n_best Hypothesis per input."""
@@ -178,14 +186,38 @@ class TargetText:
     def text(self, ids) -> str:
         return self.tokenizer.detokenize(self.pieces(ids))
 
+    def detokenize(self, pieces, copied: bool = False) -> str:
+        """Text of pieces; copied: some are source pieces (replace_unknown_target), which
+        SentencePiece's decoder would not map back (its "▁" stays), so "▁" becomes a space here
+        and the leading ones vanish, as the decoder does for its own pieces."""
+        if not (copied and self.tokenizer.is_subword):
+            return self.tokenizer.detokenize(pieces)
+        return "".join(pieces).lstrip(SP_MARKER).replace(SP_MARKER, " ")
+
+
+def replace_unknowns(ids, pieces, attention, source_pieces) -> tuple[list[str], bool]:
+    """params.replace_unknown_target: each ``<unk>`` piece -> the source piece its alignment row
+    (``attention`` [n, S], the guided head in the trained convention) attends to most.
+
+    Returns (pieces, whether any was replaced).
+    """
+    out, replaced = list(pieces), False
+    for t, token in enumerate(ids):
+        if token == UNK and len(source_pieces):
+            out[t], replaced = source_pieces[int(np.argmax(attention[t]))], True
+    return out, replaced
+
 
 def _render(
-    hyp, target, with_alignments, with_scores, source_words=None, extraction="argmax"
+    hyp, target, with_alignments, with_scores, source_words=None, extraction="argmax", copy=None
 ) -> str:
     """One output line of ``hyp``; source_words: word of each source piece (words level);
-    extraction: params.alignment_extraction."""
-    pieces = target.pieces(hyp.ids)
-    text = target.tokenizer.detokenize(pieces)
+    extraction: params.alignment_extraction; copy: the source pieces whose aligned one replaces
+    each ``<unk>`` (params.replace_unknown_target), None = no replacement."""
+    pieces, copied = target.pieces(hyp.ids), False
+    if copy is not None:
+        pieces, copied = replace_unknowns(hyp.ids, pieces, hyp.attention, copy)
+    text = target.detokenize(pieces, copied)
     links = None
     if with_alignments == "soft":
         links = format_soft(hyp.attention)
@@ -247,12 +279,15 @@ def translate_command(
         out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
     else:
         out = contextlib.nullcontext(sys.stdout)
-    extraction = config.params.alignment_extraction
+    extraction, copy = config.params.alignment_extraction, config.params.replace_unknown_target
     with out as stream:
         for i, hyps in enumerate(hypotheses):
             words = source_words[i] if source_words is not None else None
+            copy_from = pieces[i] if copy else None
             for hyp in hyps:
-                line = _render(hyp, target, with_alignments, with_scores, words, extraction)
+                line = _render(
+                    hyp, target, with_alignments, with_scores, words, extraction, copy_from
+                )
                 stream.write(line + "\n")
     tokens = sum(len(hyps[0].ids) for hyps in hypotheses)
     logger.info(

@@ -237,7 +237,7 @@ def test_best_weights_and_early_stopping(tmp_path):
 
 def test_only_the_chief_writes_best_and_export(tmp_path):
     """Other workers of a multi-worker run track the same best values and early stopping but
-    write neither model_dir/best/ nor model_dir/export/best."""
+    write neither model_dir/best/ nor model_dir/export/STEP."""
     config, _ = make_run(str(tmp_path), lines=4, overrides={
         "eval": {"early_stopping": {"metric": "loss", "steps": 1}, "export_on_best": "loss"},
     })  # fmt: skip
@@ -253,7 +253,7 @@ def test_only_the_chief_writes_best_and_export(tmp_path):
     scripted(chief, [{"loss": 3.0}])
     chief(1)
     assert read_json(os.path.join(config.model_dir, "best", "best.json"))["step"] == 1
-    assert os.path.isfile(os.path.join(config.model_dir, "export", "best", "saved_model.pb"))
+    assert os.path.isfile(os.path.join(config.model_dir, "export", "1", "saved_model.pb"))
 
 
 def test_evaluator_is_none_without_eval_files(run):

@@ -167,14 +167,15 @@ def test_export_on_best(whitespace_run):
     evaluator = evaluate.Evaluator.for_training(config, model)
     script = iter([{"loss": 3.0}, {"loss": 3.5}, {"loss": 2.0}])
     evaluator.evaluate = lambda: next(script)
-    best = os.path.join(config.model_dir, "export", "best")
+    exports = os.path.join(config.model_dir, "export")
+
+    def steps():  # (another test of this module exports to model_dir/export itself)
+        return sorted(name for name in os.listdir(exports) if name.isdigit())
+
     evaluator(10)
-    assert os.path.isfile(os.path.join(best, "saved_model.pb"))
-    # A marker file tells a kept export from a rewritten one (an export replaces the whole
-    # directory, test_export_replaces_an_older_export); no file times involved.
-    marker = os.path.join(best, "marker.txt")
-    write_lines(marker, ["first export"])
-    evaluator(20)  # worse: the export stays
-    assert os.path.isfile(marker)
-    evaluator(30)  # better: exported again
-    assert not os.path.exists(marker) and os.path.isfile(os.path.join(best, "saved_model.pb"))
+    assert steps() == ["10"]
+    assert os.path.isfile(os.path.join(exports, "10", "saved_model.pb"))
+    evaluator(20)  # worse: no export
+    evaluator(30)  # better: exported to export/30, export/10 kept (eval.max_exports_to_keep 5)
+    assert steps() == ["10", "30"]
+    assert os.path.isfile(os.path.join(exports, "30", "saved_model.pb"))

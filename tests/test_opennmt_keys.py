@@ -116,6 +116,8 @@ def test_each_unsupported_flag_or_run_type_gives_its_one_line_error(capsys, key)
 # that differ from seqtrain's defaults so that each one is seen to arrive.
 EVERY_KEY = {
     "model_dir": "run/ende",
+    "auto_config": True,  # read as a key here; presets.resolver applies it (tests/test_presets.py)
+    "model": {"pre_norm": False, "maximum_relative_position": 8, "position_encoder_class": None},
     "data": {
         "train_features_file": "src-train.txt",
         "train_labels_file": "tgt-train.txt",
@@ -144,6 +146,9 @@ EVERY_KEY = {
         "maximum_decoding_length": 200,
         "guided_alignment_type": "mse",
         "guided_alignment_weight": 0.5,
+        "coverage_penalty": 0.2,
+        "minimum_decoding_length": 3,
+        "replace_unknown_target": True,
     },
     "train": {
         "batch_size": 64,
@@ -158,6 +163,8 @@ EVERY_KEY = {
         "maximum_labels_length": 80,
         "length_bucket_width": 3,
         "sample_buffer_size": 0,
+        "moving_average_decay": 0.9999,
+        "average_last_checkpoints": 4,
     },
     "eval": {
         "batch_size": 30,
@@ -167,6 +174,8 @@ EVERY_KEY = {
         "length_bucket_width": 0,
         "export_on_best": "ter",
         "early_stopping": {"metric": "wer", "min_improvement": 0.01, "steps": 6},
+        "save_eval_predictions": True,
+        "max_exports_to_keep": 3,
     },
     "infer": {
         "batch_size": 10,
@@ -176,12 +185,20 @@ EVERY_KEY = {
         "with_alignments": "soft",
         "length_bucket_width": 7,
     },
+    "score": {
+        "batch_size": 16,
+        "batch_type": "tokens",
+        "length_bucket_width": 2,
+        "with_alignments": "hard",
+        "with_token_level": True,
+    },
 }
 # Keys that cannot sit in one file with the ones above (one clip at a time; an alias and its key).
 VARIANTS = [
     {"params": {"optimizer_params": {"global_clipnorm": 5.0}}},
     {"params": {"clip_gradients": 2.5}},
     {"eval": {"external_evaluators": "ChrF"}},  # scorer names are case-insensitive
+    {"params": {"beam_width": 1, "sampling_topk": 5, "sampling_temperature": 0.7}},
 ]
 
 
@@ -194,7 +211,8 @@ def test_every_supported_key_at_once(tmp_path):
     written = set().union(*(flat_keys(d) for d in [EVERY_KEY, *VARIANTS]))
     assert implemented - written == set()  # the test covers the whole table
     c, _ = load(tmp_path, EVERY_KEY)
-    assert c.model_dir == "run/ende"
+    assert c.model_dir == "run/ende" and c.auto_config is True
+    assert (c.model.pre_norm, c.model.maximum_relative_position) == (False, 8)
     assert (c.data.train_features_file, c.data.train_labels_file) == (
         "src-train.txt",
         "tgt-train.txt",
@@ -226,19 +244,26 @@ def test_every_supported_key_at_once(tmp_path):
     assert (p.label_smoothing, p.beam_width, p.length_penalty) == (0.2, 5, 0.2)
     assert p.maximum_decoding_length == 200
     assert (p.guided_alignment_type, p.guided_alignment_weight) == ("mse", 0.5)
+    assert (p.coverage_penalty, p.minimum_decoding_length) == (0.2, 3)
+    assert p.replace_unknown_target is True
     t = c.train
     assert (t.batch_size, t.batch_type, t.effective_batch_size) == (64, "examples", 1024)
     assert (t.save_checkpoints_steps, t.keep_checkpoint_max, t.save_summary_steps) == (1000, 3, 50)
     assert (t.max_step, t.single_pass) == (1000000, True)
     assert (t.maximum_features_length, t.maximum_labels_length) == (70, 80)
     assert (t.length_bucket_width, t.sample_buffer_size) == (3, 0)
+    assert (t.moving_average_decay, t.average_last_checkpoints) == (0.9999, 4)
     e = c.eval
     assert (e.batch_size, e.batch_type, e.steps, e.length_bucket_width) == (30, "tokens", 2000, 0)
     assert e.scorers == ("bleu", "chrf", "chrf++", "ter", "wer") and e.export_on_best == "ter"
     assert e.early_stopping == cfg.EarlyStopping("wer", 0.01, 6)
+    assert (e.save_eval_predictions, e.max_exports_to_keep) == (True, 3)
     i = c.infer
     assert (i.batch_size, i.batch_type, i.n_best, i.length_bucket_width) == (10, "tokens", 2, 7)
     assert (i.with_scores, i.with_alignments) == (True, "soft")
+    s = c.score
+    assert (s.batch_size, s.batch_type, s.length_bucket_width) == (16, "tokens", 2)
+    assert (s.with_alignments, s.with_token_level) == ("hard", True)
     # A later optimizer_params replaces the whole mapping (OpenNMT-tf's merge rule).
     c, _ = load(tmp_path, EVERY_KEY, VARIANTS[0])
     o = c.params.optimizer_params
@@ -250,6 +275,8 @@ def test_every_supported_key_at_once(tmp_path):
     eval_alias = {k: v for k, v in EVERY_KEY["eval"].items() if k != "scorers"}
     c, _ = load(tmp_path, {**EVERY_KEY, "eval": {**eval_alias, **VARIANTS[2]["eval"]}})
     assert c.eval.scorers == ("chrf",)
+    c, _ = load(tmp_path, EVERY_KEY, VARIANTS[3])  # sampling needs greedy search
+    assert (c.params.sampling_topk, c.params.sampling_temperature) == (5, 0.7)
 
 
 def test_alias_and_its_key_together_is_an_error(tmp_path):

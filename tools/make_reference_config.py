@@ -25,6 +25,7 @@ SECTIONS = {
     "train": cfg.TrainConfig,
     "eval": cfg.EvalConfig,
     "infer": cfg.InferConfig,
+    "score": cfg.ScoreConfig,
 }
 NESTED = {
     "optimizer_params": cfg.OptimizerParams,
