@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from seqtrain import aer, alignment, alignment_plot, data, decoding, losses
+from seqtrain.ctranslate2_export import require_ctranslate2
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import export_model, restore_model
 from seqtrain.translate import TargetText, Translator, count_cut, merge_to_words, tokenize_lines
@@ -150,6 +151,8 @@ class Evaluator:
             if "aer" in wanted and eval_set.sure is None:
                 raise SeqtrainError("eval metric 'aer' needs data.eval_alignments (a gold file)")
             self.scorers |= {m for m in wanted if m in ("bleu", "chrf")}
+            if wanted[1] and config.eval.export_format != "saved_model":
+                require_ctranslate2()  # fail now, not at the first best evaluation
         if stopping is not None:
             self.patience = Patience(stopping.metric, stopping.min_improvement, stopping.steps)
         self.best_value = self._previous_best() if keep_best else None
@@ -298,7 +301,7 @@ class Evaluator:
             self.export_best = value = metrics[export_metric]
             if self.chief:
                 path = os.path.join(self.config.model_dir, "export", "best")
-                export_model(self.config, self.model, path)
+                export_model(self.config, self.model, path, self.config.eval.export_format)
                 logger.info("New best %s = %.4f: exported %s", export_metric, value, path)
 
 
