@@ -6,6 +6,8 @@ from setuptools import find_packages, setup
 # and GPU users get the CUDA libraries: `pip install seqtrain[cpu]` or `pip install seqtrain[gpu]`.
 TENSORFLOW_CPU = "tensorflow-cpu>=2.16,<2.22"
 TENSORFLOW_GPU = "tensorflow[and-cuda]>=2.16,<2.22"
+# seqtrain export --format ctranslate2*, translate --engine ctranslate2 (spec API of 4.x).
+CTRANSLATE2 = "ctranslate2>=4.0,<5"
 
 setup(
     name="seqtrain",
@@ -27,7 +29,8 @@ setup(
         "gpu": [TENSORFLOW_GPU],
         "align": ["eflomal>=2.0"],
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "eflomal>=2.0", "matplotlib>=3.5"],
+        "ctranslate2": [CTRANSLATE2],
+        "test": ["pytest>=7", "eflomal>=2.0", "matplotlib>=3.5", CTRANSLATE2],
     },
     entry_points={"console_scripts": ["seqtrain = seqtrain.cli:main"]},
 )

@@ -13,9 +13,11 @@ import dataclasses
 import logging
 import os
 import sys
+import typing
 
 from seqtrain import opennmt_keys
 from seqtrain.align_words import SYMMETRIZATIONS  # no TensorFlow, no eflomal at import
+from seqtrain.config import ExportFormat  # yaml only
 from seqtrain.errors import Interrupted, SeqtrainError
 
 logger = logging.getLogger("seqtrain")
@@ -137,6 +139,13 @@ def cmd_eval(args) -> None:
 
 
 def cmd_translate(args) -> None:
+    if args.engine == "ctranslate2":
+        _translate_ctranslate2(args)
+        return
+    if not args.config:  # --model_dir then overrides the config's, as OpenNMT-tf
+        raise SeqtrainError(
+            "give --config (TensorFlow checkpoints), or --engine ctranslate2 --model_dir EXPORT"
+        )
     config = _load(args, "infer")
     from seqtrain import translate
 
@@ -163,6 +172,26 @@ def cmd_score(args) -> None:
         checkpoint_path=args.checkpoint_path,
         with_alignments=args.with_alignments,
         with_token_level=args.with_token_level,
+    )
+
+
+def _translate_ctranslate2(args) -> None:
+    if not args.model_dir or args.checkpoint_path:
+        raise SeqtrainError(
+            "--engine ctranslate2 needs --model_dir EXPORT (from seqtrain export --format "
+            "ctranslate2…), not --checkpoint_path"
+        )
+    overrides = _load(args) if args.config else None  # its params and infer sections win
+    from seqtrain import ctranslate2_translate
+
+    ctranslate2_translate.translate_command(
+        args.model_dir,
+        features_file=args.features_file,
+        predictions_file=args.predictions_file,
+        with_alignments=args.with_alignments,
+        with_scores=args.with_scores,
+        n_best=args.n_best,
+        overrides=overrides,
     )
 
 
@@ -199,8 +228,10 @@ def cmd_export(args) -> None:
     config = _load(args, "infer")
     from seqtrain import export
 
-    path = export.export(config, args.output_dir, checkpoint_path=args.checkpoint_path)
-    print(f"SavedModel: {path}")
+    path = export.export(
+        config, args.output_dir, checkpoint_path=args.checkpoint_path, export_format=args.format
+    )
+    print(f"{'SavedModel' if args.format == 'saved_model' else 'CTranslate2 model'}: {path}")
 
 
 def cmd_import_opennmt(args) -> None:
@@ -329,10 +360,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "translate", aliases=["infer"], help="translate a file, optionally with alignments"
     )
-    _add_config(p)
+    _add_config(p, required=False)
     p.add_argument("--features_file", required=True)
     p.add_argument("--predictions_file", help="default: standard output")
     p.add_argument("--checkpoint_path")
+    p.add_argument("--engine", default="tensorflow", choices=["tensorflow", "ctranslate2"])
     p.add_argument("--with_alignments", choices=["hard", "soft"])
     p.add_argument("--with_scores", action="store_true")
     p.add_argument("--n_best", type=int)
@@ -368,9 +400,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_count", type=int, default=8)
     p.set_defaults(func=cmd_average)
 
-    p = sub.add_parser("export", help="write a SavedModel with a translate signature")
+    p = sub.add_parser("export", help="write a SavedModel or a CTranslate2 model")
     _add_config(p)
     p.add_argument("--output_dir", "--export_dir", required=True)
+    p.add_argument(
+        "--format", "--export_format", default="saved_model", choices=typing.get_args(ExportFormat)
+    )
     p.add_argument("--checkpoint_path")
     p.set_defaults(func=cmd_export)
 

@@ -185,6 +185,17 @@ class TrainConfig:
     # for the other workers before the run stops with an error (a dead or hung worker)
 
 
+# seqtrain export --format and eval.export_format (OpenNMT-tf's names).
+ExportFormat = Literal[
+    "saved_model",
+    "ctranslate2",
+    "ctranslate2_int8",
+    "ctranslate2_int16",
+    "ctranslate2_float16",
+    "ctranslate2_int8_float16",
+]
+
+
 @dataclass(frozen=True)
 class EarlyStopping:
     metric: str = "loss"  # loss, perplexity, a scorer (SCORERS), aer, precision or recall
@@ -201,6 +212,8 @@ class EvalConfig:
     scorers: tuple[str, ...] = ("bleu",)  # bleu, chrf, chrf++, ter, wer on detokenized text
     early_stopping: Optional[EarlyStopping] = None  # {metric, min_improvement, steps}
     export_on_best: Optional[str] = None  # metric whose best value exports a SavedModel
+    export_format: ExportFormat = "saved_model"  # what export_on_best writes: a SavedModel or a
+    # CTranslate2 model (ctranslate2 = float32, or the quantization named after it)
     alignment_images: int = _opt(3, minimum=0)  # first dev pairs drawn to TensorBoard, 0 = off
     save_eval_predictions: bool = False  # dev translations to model_dir/eval/predictions.txt.STEP
     max_exports_to_keep: Optional[int] = _opt(5, minimum=1)  # export_on_best exports kept

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from seqtrain import aer, alignment, alignment_plot, data, decoding, eval_outputs, losses, scorers
 from seqtrain import config as cfg
+from seqtrain.ctranslate2_export import require_ctranslate2
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import export_model, restore_model
 from seqtrain.translate import TargetText, Translator, count_cut, merge_to_words, tokenize_lines
@@ -152,6 +153,8 @@ class Evaluator:
             if "aer" in wanted and eval_set.sure is None:
                 raise SeqtrainError("eval metric 'aer' needs data.eval_alignments (a gold file)")
             self.scorers |= {m for m in wanted if m in cfg.SCORERS}
+            if wanted[1] and config.eval.export_format != "saved_model":
+                require_ctranslate2()  # fail now, not at the first best evaluation
         if stopping is not None:
             self.patience = Patience(stopping.metric, stopping.min_improvement, stopping.steps)
         self.best_value = self._previous_best() if keep_best else None
@@ -309,7 +312,7 @@ class Evaluator:
             self.export_best = value = metrics[export_metric]
             if self.chief:
                 path = eval_outputs.export_path(self.config.model_dir, step)
-                export_model(self.config, self.model, path)
+                export_model(self.config, self.model, path, self.config.eval.export_format)
                 logger.info("New best %s = %.4f: exported %s", export_metric, value, path)
                 eval_outputs.prune_exports(
                     self.config.model_dir, self.config.eval.max_exports_to_keep

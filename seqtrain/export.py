@@ -33,7 +33,7 @@ import shutil
 
 import tensorflow as tf
 
-from seqtrain import alignment, checkpoints, decoding
+from seqtrain import alignment, checkpoints, ctranslate2_export, decoding
 from seqtrain.checkpoints import build_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.search_rules import SearchOptions
@@ -221,8 +221,12 @@ def _word_of_piece(pieces, subword: bool):
     return tf.cast(tf.math.cumsum(tf.cast(opens, tf.int32), axis=1), tf.int32) - 1
 
 
-def export_model(config, model, output_dir: str) -> str:
-    """Writes the SavedModel of ``model`` to output_dir (replaced as a whole); returns it."""
+def export_model(config, model, output_dir: str, export_format: str = "saved_model") -> str:
+    """Writes ``model`` to output_dir (replaced as a whole) as a SavedModel or, with a
+    ``ctranslate2*`` format (``config.ExportFormat``), a CTranslate2 model; returns the path."""
+    if export_format != "saved_model":
+        quantization = ctranslate2_export.quantization_of(export_format)
+        return ctranslate2_export.export_ctranslate2(config, model, output_dir, quantization)
     module = TranslateModule(config, model)
     output_dir = os.path.abspath(output_dir)
     tmp = f"{output_dir}.tmp{os.getpid()}"
@@ -266,7 +270,11 @@ def _write_saved_model(config, module, tmp: str, signatures: dict) -> None:
         json.dump(info, f, indent=1)
 
 
-def export(config, output_dir: str, checkpoint_path: str | None = None) -> str:
-    """``seqtrain export``: the SavedModel of a checkpoint (default: model_dir's latest)."""
+def export(
+    config, output_dir: str, checkpoint_path: str | None = None, export_format="saved_model"
+) -> str:
+    """``seqtrain export``: a checkpoint (default: model_dir's latest) as ``export_format``."""
+    if export_format != "saved_model":
+        ctranslate2_export.require_ctranslate2()  # before restoring anything
     model, _ = restore_model(config, checkpoint_path)
-    return export_model(config, model, output_dir)
+    return export_model(config, model, output_dir, export_format)

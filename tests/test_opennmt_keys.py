@@ -176,6 +176,7 @@ EVERY_KEY = {
         "early_stopping": {"metric": "wer", "min_improvement": 0.01, "steps": 6},
         "save_eval_predictions": True,
         "max_exports_to_keep": 3,
+        "export_format": "ctranslate2_int8",
     },
     "infer": {
         "batch_size": 10,
@@ -258,6 +259,7 @@ def test_every_supported_key_at_once(tmp_path):
     assert e.scorers == ("bleu", "chrf", "chrf++", "ter", "wer") and e.export_on_best == "ter"
     assert e.early_stopping == cfg.EarlyStopping("wer", 0.01, 6)
     assert (e.save_eval_predictions, e.max_exports_to_keep) == (True, 3)
+    assert e.export_format == "ctranslate2_int8"
     i = c.infer
     assert (i.batch_size, i.batch_type, i.n_best, i.length_bucket_width) == (10, "tokens", 2, 7)
     assert (i.with_scores, i.with_alignments) == (True, "soft")

@@ -1,0 +1,229 @@
+"""``seqtrain translate --engine ctranslate2``: decoding with a CTranslate2 export, same output.
+
+The export directory (``seqtrain export --format ctranslate2*``) holds the weights, the
+vocabularies, the SentencePiece models and ``seqtrain.yml`` (data, model, params and infer
+settings of the run); a ``--config`` given as well overrides params and infer. Lines are
+``seqtrain.translate``'s (``[SCORE ||| ]TRANSLATION[ ||| ALIGNMENT]``, word-level links with
+``data.alignment_level: words``, ``params.alignment_extraction``).
+
+Decoding follows ``seqtrain.translate.Translator``:
+
+* ``params.beam_width`` (1 = greedy), ``infer.n_best``, ``infer.batch_size`` sentences per batch
+  sorted by length; empty inputs are not decoded; no minimum length (a model may stop at once);
+* length limits: each sentence gets ``decoding.length_limits``' limit L = min(hard cap,
+  floor(factor × S) + offset); CTranslate2 has one limit per batch, so the batch decodes up to
+  its largest L + 1 tokens and each hypothesis is cut to its own L (``cut`` when it has L
+  tokens, as the TensorFlow searches). For greedy search this is exactly the output of a search
+  stopped at L (a greedy prefix does not depend on the limit); a beam search may keep other
+  hypotheses than one limited to L. Scores of cut hypotheses are recomputed on their L tokens;
+* scores: greedy, the sum of the token log-probabilities (``</s>`` included), as seqtrain;
+  beam search, CTranslate2's length normalization sum / length^``params.length_penalty`` (it
+  has no GNMT penalty), so beam scores and, rarely, choices differ from the TensorFlow engine;
+* alignments: CTranslate2 returns, per output token, the guided head's attention of the step
+  that *predicts* it (with ``return_end_token`` the ``</s>`` step too). With
+  ``model.alignment_row: predicting`` target token t takes row t, with ``reading`` row t + 1
+  (the step that reads it; the last token's is the ``</s>`` step, or the step after the cut):
+  the rows training supervised, as every engine of seqtrain. ``model.alignment_context: full``
+  models were supervised on a non-causal pass CTranslate2 cannot run: alignments are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import yaml
+
+from seqtrain import config as cfg
+from seqtrain import translate
+from seqtrain.alignment import load_tokenizers_and_vocabs
+from seqtrain.ctranslate2_export import SETTINGS_FILE, require_ctranslate2
+from seqtrain.errors import SeqtrainError
+from seqtrain.translate import Hypothesis
+from seqtrain.vocab import EOS_TOKEN, Vocab, read_text_lines
+
+logger = logging.getLogger(__name__)
+
+# Keys of the export's data section that name files inside the export directory.
+DATA_FILES = (
+    "source_vocabulary",
+    "target_vocabulary",
+    "source_tokenization",
+    "target_tokenization",
+)
+
+
+def load_settings(model_dir: str, overrides=None):
+    """The ``Config`` of an export directory (data paths resolved inside it); ``overrides``, a
+    user's Config, replaces params and infer."""
+    path = os.path.join(model_dir, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        raise SeqtrainError(
+            f"{model_dir}: not a seqtrain CTranslate2 export ({SETTINGS_FILE} is missing); "
+            "write one with seqtrain export --config run.yml --format ctranslate2 --output_dir D"
+        )
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+        raise SeqtrainError(f"{path}: no data section; export the model again")
+    for key in DATA_FILES:
+        if raw["data"].get(key):
+            raw["data"][key] = os.path.join(model_dir, raw["data"][key])
+    config = cfg.build(dict(raw, model_dir=model_dir), path)
+    if overrides is not None:
+        config = dataclasses.replace(config, params=overrides.params, infer=overrides.infer)
+    return config
+
+
+def length_limit(source_length: int, params) -> int:
+    """``decoding.length_limits`` for one sentence, in Python."""
+    if params.maximum_decoding_length_factor is None:
+        return params.maximum_decoding_length
+    relative = math.floor(params.maximum_decoding_length_factor * source_length)
+    return max(
+        min(params.maximum_decoding_length, relative + params.maximum_decoding_length_offset), 1
+    )
+
+
+class CTranslate2Translator:
+    """Decodes token lists with ``ctranslate2.Translator``; ``translate.Hypothesis`` results."""
+
+    def __init__(self, model_dir: str, config, n_best: int = 1, with_attention=False, threads=0):
+        """config: the export's settings (``load_settings``); threads: CTranslate2's
+        intra_threads (0 = its default)."""
+        params = config.params
+        if n_best > params.beam_width:
+            raise SeqtrainError(
+                f"n_best ({n_best}) cannot exceed params.beam_width ({params.beam_width}); lower "
+                "--n_best / infer.n_best or raise params.beam_width"
+            )
+        ctranslate2 = require_ctranslate2()
+        self.translator = ctranslate2.Translator(model_dir, device="cpu", intra_threads=threads)
+        self.target_vocab = Vocab.load(config.data.target_vocabulary)
+        self.params, self.n_best, self.batch_size = params, n_best, config.infer.batch_size
+        self.with_attention = with_attention
+        # Target token t's row is CTranslate2's row t + shift (see the module docstring).
+        self.shift = 1 if config.model.alignment_row == "reading" else 0
+        self.length_penalty = params.length_penalty if params.beam_width > 1 else 0.0
+
+    def __call__(self, source_token_lists) -> list[list[Hypothesis]]:
+        """source_token_lists: token lists (no BOS/EOS) -> n_best Hypothesis per input, in order."""
+        empty = Hypothesis(np.zeros(0, np.int32), 0.0, np.zeros((0, 0), np.float32))
+        results = [[empty] * self.n_best for _ in source_token_lists]
+        nonempty = [i for i, tokens in enumerate(source_token_lists) if tokens]
+        order = sorted(nonempty, key=lambda i: len(source_token_lists[i]))
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start : start + self.batch_size]
+            sources = [source_token_lists[i] for i in indices]
+            for i, hyps in zip(indices, self._batch(sources)):
+                results[i] = hyps
+        return results
+
+    def _batch(self, sources):
+        limits = [length_limit(len(tokens), self.params) for tokens in sources]
+        outputs = self.translator.translate_batch(
+            sources,
+            beam_size=self.params.beam_width,
+            num_hypotheses=self.n_best,
+            length_penalty=self.length_penalty,
+            max_decoding_length=max(limits) + 1,  # + 1: the reading row of a cut last token
+            min_decoding_length=0,
+            max_input_length=0,  # never truncate a source silently
+            return_scores=True,
+            return_attention=self.with_attention,
+            return_end_token=True,
+        )
+        hyps = [
+            [self._hypothesis(out, j, limit, len(src)) for j in range(self.n_best)]
+            for out, limit, src in zip(outputs, limits, sources)
+        ]
+        self._rescore_cut(sources, hyps)
+        return [[h for h, _ in row] for row in hyps]
+
+    def _hypothesis(self, output, j: int, limit: int, source_length: int):
+        """(Hypothesis, its tokens) of hypothesis j: cut to ``limit`` tokens, alignment rows of
+        the trained convention over the real source columns."""
+        tokens = output.hypotheses[j]
+        ended = bool(tokens) and tokens[-1] == EOS_TOKEN
+        length = len(tokens) - ended
+        cut = length >= limit
+        length = min(length, limit)
+        tokens = tokens[:length]
+        attention = np.zeros((length, source_length), np.float32)
+        if self.with_attention:
+            rows = np.asarray(output.attention[j], np.float32).reshape(-1, source_length)
+            attention = rows[self.shift : self.shift + length]
+        ids = self.target_vocab.ids(tokens)
+        return Hypothesis(ids, float(output.scores[j]), attention, cut), tokens
+
+    def _rescore_cut(self, sources, hyps) -> None:
+        """Scores of the cut hypotheses on their first L tokens (their decoding ran further)."""
+        cut = [(b, j) for b, row in enumerate(hyps) for j, (h, _) in enumerate(row) if h.cut]
+        if not cut:
+            return
+        scored = self.translator.score_batch(
+            [sources[b] for b, _ in cut], [hyps[b][j][1] for b, j in cut], max_input_length=0
+        )
+        for (b, j), result in zip(cut, scored):
+            hyp, tokens = hyps[b][j]
+            total = float(sum(result.log_probs[: len(tokens)]))  # without the appended </s>
+            norm = len(tokens) ** self.length_penalty if self.length_penalty else 1.0
+            hyps[b][j] = (dataclasses.replace(hyp, score=total / norm), tokens)
+
+
+def translate_command(
+    model_dir: str,
+    features_file: str,
+    predictions_file: str | None = None,
+    with_alignments: str | None = None,
+    with_scores: bool = False,
+    n_best: int | None = None,
+    overrides=None,
+) -> None:
+    """``seqtrain translate --engine ctranslate2 --model_dir EXPORT``: ``seqtrain.translate``'s
+    output lines; options unset fall back to the export's (or ``overrides``') infer section."""
+    config = load_settings(model_dir, overrides)
+    infer = config.infer
+    with_alignments = with_alignments or infer.with_alignments
+    with_scores = with_scores or infer.with_scores
+    n_best = n_best or infer.n_best
+    if with_alignments and config.model.alignment_context == "full":
+        raise SeqtrainError(
+            f"{model_dir}: the model was trained with model.alignment_context: full (alignments "
+            "from a non-causal decoder pass that CTranslate2 cannot run); translate without "
+            "--with_alignments, or with the TensorFlow engine (seqtrain translate --config)"
+        )
+    src_tok, tgt_tok, _, tgt_vocab = load_tokenizers_and_vocabs(config)
+    word_level = with_alignments == "hard" and config.data.alignment_level == "words"
+    lines = list(read_text_lines(features_file))
+    pieces, source_words = translate.tokenize_lines(lines, src_tok, word_level, features_file)
+    translator = CTranslate2Translator(model_dir, config, n_best, with_alignments is not None)
+    start = time.time()
+    hypotheses = translator(pieces)
+    elapsed = time.time() - start
+    translate.count_cut(hypotheses, config.params)
+    target = translate.TargetText(tgt_tok, tgt_vocab)
+    if predictions_file:
+        out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    else:
+        out = contextlib.nullcontext(sys.stdout)
+    extraction = config.params.alignment_extraction
+    with out as stream:
+        for i, hyps in enumerate(hypotheses):
+            words = source_words[i] if source_words is not None else None
+            for hyp in hyps:
+                line = translate._render(
+                    hyp, target, with_alignments, with_scores, words, extraction
+                )
+                stream.write(line + "\n")
+    tokens = sum(len(hyps[0].ids) for hyps in hypotheses)
+    logger.info(
+        "Translated %d lines with CTranslate2 (%s) in %.1f s (%.0f target tokens/s)",
+        len(lines), model_dir, elapsed, tokens / max(elapsed, 1e-9),
+    )  # fmt: skip
