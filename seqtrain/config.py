@@ -18,7 +18,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -34,19 +34,52 @@ def _opt(default, **meta):
     return field(default=default, metadata=_meta(**meta))
 
 
+TOKENIZER_TYPES = ("OpenNMTTokenizer", "SentencePieceTokenizer", "SpaceTokenizer", "CharacterTokenizer")
+
+
+@dataclass(frozen=True)
+class TokenizationConfig:
+    type: Literal[TOKENIZER_TYPES] = "OpenNMTTokenizer"  # OpenNMT-tf tokenizer class name
+    params: dict = field(default_factory=dict)  # its arguments (OpenNMTTokenizer: pyonmttok's)
+
+
+# A tokenization is a SentencePiece model path, a YAML file path, a JSON string or a mapping.
+Tokenization = Optional[Union[str, TokenizationConfig]]
+Files = Optional[tuple[str, ...]]  # one path, or a list of paths (several training corpora)
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    train_features_file: Optional[str] = _opt(None, path=True)  # training source text
-    train_labels_file: Optional[str] = _opt(None, path=True)  # training target text
-    train_alignments: Optional[str] = _opt(None, path=True)  # Pharaoh i-j (source-target) links
+    train_features_file: Files = _opt(None, path=True)  # training source text(s)
+    train_labels_file: Files = _opt(None, path=True)  # training target text(s), one per source
+    train_alignments: Files = _opt(None, path=True)  # Pharaoh i-j (source-target), one per corpus
+    train_files_weights: Optional[tuple[float, ...]] = None  # corpus sampling weights, each
+    # multiplied by its corpus size (OpenNMT-tf); null = in proportion to size
+    example_weights: Files = _opt(None, path=True)  # one number per line scaling each example's
+    # loss terms (CE and guided alignment), one file per corpus
     eval_features_file: Optional[str] = _opt(None, path=True)  # dev source text
     eval_labels_file: Optional[str] = _opt(None, path=True)  # dev target references
     eval_alignments: Optional[str] = _opt(None, path=True)  # dev gold links (sure/possible) for AER
     source_vocabulary: Optional[str] = _opt(None, path=True)  # one token per line, <blank> <s> </s>
     target_vocabulary: Optional[str] = _opt(None, path=True)  # one token per line, <blank> <s> </s>
-    source_tokenization: Optional[str] = _opt(None, path=True)  # SentencePiece model; null = spaces
-    target_tokenization: Optional[str] = _opt(None, path=True)  # SentencePiece model; null = spaces
+    source_tokenization: Tokenization = _opt(None, path=True)  # SentencePiece model path, or an
+    # OpenNMT-tf tokenizer config {type, params} (or a YAML file of it); null = spaces
+    target_tokenization: Tokenization = _opt(None, path=True)  # as source_tokenization
     alignment_level: Literal["tokens", "words"] = "tokens"  # indices count model tokens or words
+
+    def train_corpora(self) -> list[tuple]:
+        """(features, labels, alignments or None, example weights or None) per training corpus."""
+        def listed(paths):  # a plain string too (a DataConfig built in code)
+            return [paths] if isinstance(paths, str) else list(paths or ())
+
+        count = len(listed(self.train_features_file))
+
+        def each(paths):
+            return listed(paths) if paths else [None] * count
+
+        features, labels = each(self.train_features_file), each(self.train_labels_file)
+
+        return list(zip(features, labels, each(self.train_alignments), each(self.example_weights)))
 
 
 @dataclass(frozen=True)
@@ -240,15 +273,24 @@ def _build_dataclass(cls, raw: Any, origin: str, prefix: str):
     return cls(**values)
 
 
+def tokenization_from_mapping(mapping: dict, where: str) -> TokenizationConfig:
+    """A tokenization mapping read from a YAML file or a JSON string, validated as in a config."""
+    return _convert(TokenizationConfig, mapping, None, where, "tokenization")
+
+
 def _convert(hint, value, fld, origin: str, name: str, nullable: bool = False):
     """Convert one YAML value to the annotated type, or raise a SeqtrainError naming the key."""
     origin_type = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin_type in (typing.Union, types.UnionType) and type(None) in args:
-        if value is None:
+    if origin_type in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, fld, origin, name, nullable=True)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # Union[str, a dataclass]: a mapping is the dataclass
+            inner = [a for a in inner if dataclasses.is_dataclass(a) == isinstance(value, dict)]
+        return _convert(inner[0], value, fld, origin, name, nullable=True)
+    if hint is TokenizationConfig and isinstance(value, dict) and "type" not in value:
+        value = {"type": "OpenNMTTokenizer", "params": value}  # OpenNMT-tf's legacy form
     if dataclasses.is_dataclass(hint):
         return _build_dataclass(hint, value, origin, f"{name}.")
     if origin_type is Literal:
@@ -256,6 +298,10 @@ def _convert(hint, value, fld, origin: str, name: str, nullable: bool = False):
             allowed = ", ".join([str(a) for a in args] + (["null"] if nullable else []))
             raise SeqtrainError(f"{origin}: {name} = {value!r} is not valid; allowed: {allowed}")
         return value
+    if hint is dict or origin_type is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise SeqtrainError(f"{origin}: {name} must be a mapping of names to values")
+        return dict(value)
     if origin_type is tuple:
         if isinstance(value, str):
             value = [value]
@@ -328,6 +374,30 @@ def check(config: Config, origin: str = "<config>") -> None:
             f"{origin}: params.guided_alignment_type is '{config.params.guided_alignment_type}' "
             "but data.train_alignments is not set; give a Pharaoh file or set it to null"
         )
+    check_corpora(config.data, origin)
+
+
+def check_corpora(data: DataConfig, origin: str = "<config>") -> None:
+    """The training lists are parallel: one labels, alignments, example_weights file and one
+    train_files_weights entry per train_features_file."""
+    def size(value):
+        return 1 if isinstance(value, str) else len(value or ())
+
+    count = size(data.train_features_file)
+    lists = ("train_labels_file", "train_alignments", "example_weights", "train_files_weights")
+    for key in lists:
+        value = getattr(data, key)
+        if value is not None and count and size(value) != count:
+            raise SeqtrainError(
+                f"{origin}: data.{key} has {size(value)} entries but data.train_features_file "
+                f"has {count}; give one per training corpus, in the same order"
+            )
+    weights = data.train_files_weights
+    if weights is not None and (min(weights) < 0 or not sum(weights)):
+        raise SeqtrainError(
+            f"{origin}: data.train_files_weights = {list(weights)}; weights must be >= 0 and "
+            "not all 0"
+        )
 
 
 def check_files(config: Config, command: str, origin: str = "<config>") -> None:
@@ -337,12 +407,17 @@ def check_files(config: Config, command: str, origin: str = "<config>") -> None:
         if not getattr(data, key):
             raise SeqtrainError(f"{origin}: data.{key} is required for '{command}'")
     for fld in dataclasses.fields(DataConfig):
-        path = getattr(data, fld.name)
-        if fld.metadata.get("path") and path and not os.path.isfile(path):
-            raise SeqtrainError(
-                f"{origin}: data.{fld.name} = '{path}' does not exist (paths are relative to "
-                f"the directory seqtrain runs in: {os.getcwd()})"
-            )
+        value = getattr(data, fld.name)
+        paths = value if isinstance(value, tuple) else (value,)
+        for path in paths:
+            # A tokenization can also be a mapping or a JSON string (checked when it is built).
+            if not fld.metadata.get("path") or not isinstance(path, str) or path.startswith("{"):
+                continue
+            if not os.path.isfile(path):
+                raise SeqtrainError(
+                    f"{origin}: data.{fld.name} = '{path}' does not exist (paths are relative "
+                    f"to the directory seqtrain runs in: {os.getcwd()})"
+                )
 
 
 def to_dict(config: Config) -> dict:
