@@ -26,7 +26,8 @@ setup(
         "gpu": [TENSORFLOW_GPU],
         "align": ["eflomal>=2.0"],
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "eflomal>=2.0", "matplotlib>=3.5"],
+        "onmt": ["pyonmttok>=1.37"],  # OpenNMTTokenizer tokenization (OpenNMT-tf's tokenizer)
+        "test": ["pytest>=7", "eflomal>=2.0", "matplotlib>=3.5", "pyonmttok>=1.37"],
     },
     entry_points={"console_scripts": ["seqtrain = seqtrain.cli:main"]},
 )

@@ -37,6 +37,11 @@ def _load(args, command: str | None = None):
     cfg.check(config, origin)
     if command:
         cfg.check_files(config, command, origin)
+        from seqtrain import tokenizers  # no TensorFlow: bad tokenizer options fail instantly
+
+        for side in ("source", "target"):
+            key = f"{side}_tokenization"
+            tokenizers.make_tokenizer(getattr(config.data, key), f"{origin}: data.{key}")
     return config
 
 

@@ -34,7 +34,12 @@ def _opt(default, **meta):
     return field(default=default, metadata=_meta(**meta))
 
 
-TOKENIZER_TYPES = ("OpenNMTTokenizer", "SentencePieceTokenizer", "SpaceTokenizer", "CharacterTokenizer")
+TOKENIZER_TYPES = (
+    "OpenNMTTokenizer",
+    "SentencePieceTokenizer",
+    "SpaceTokenizer",
+    "CharacterTokenizer",
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class DataConfig:
 
     def train_corpora(self) -> list[tuple]:
         """(features, labels, alignments or None, example weights or None) per training corpus."""
+
         def listed(paths):  # a plain string too (a DataConfig built in code)
             return [paths] if isinstance(paths, str) else list(paths or ())
 
@@ -380,6 +386,7 @@ def check(config: Config, origin: str = "<config>") -> None:
 def check_corpora(data: DataConfig, origin: str = "<config>") -> None:
     """The training lists are parallel: one labels, alignments, example_weights file and one
     train_files_weights entry per train_features_file."""
+
     def size(value):
         return 1 if isinstance(value, str) else len(value or ())
 

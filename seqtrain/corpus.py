@@ -2,10 +2,10 @@
 
 No TensorFlow here. ``load_corpus`` encodes each file set once through
 ``alignment.read_parallel`` (which validates it, line-numbered errors) and caches the arrays as
-one .npz per corpus under ``model_dir/cache``. Several training corpora (``data.train_features_file``
-as a list) are encoded and cached one by one, then concatenated; ``EncodedCorpus.parts`` keeps
-each corpus' example range for weighted sampling (``data.train_files_weights``, see
-``seqtrain.data.train_dataset``).
+one .npz per corpus under ``model_dir/cache``. Several training corpora
+(``data.train_features_file`` as a list) are encoded and cached one by one, then concatenated;
+``EncodedCorpus.parts`` keeps each corpus' example range for weighted sampling
+(``data.train_files_weights``, see ``seqtrain.data.train_dataset``).
 
 ``data.example_weights``: one file per corpus, one non-negative number per line (line n weighs
 example n). A weight scales every loss term of its example: its tokens' cross-entropy and their
@@ -304,4 +304,3 @@ def _write_cache(path: str, key: str, corpus: EncodedCorpus) -> None:
             except FileNotFoundError:  # another worker removed it first
                 pass
     logger.info("cache written: %s", path)
-

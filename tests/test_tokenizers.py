@@ -54,7 +54,9 @@ def test_sentencepiece_forms(tmp_path):
     text.write_text("".join(f"the house number {i} is red\n" for i in range(50)))
     model, _ = vocab.train_sentencepiece([str(text)], str(tmp_path / "sp"), vocab_size=25)
     by_path = tokenizers.make_tokenizer(model)  # seqtrain's original form
-    typed = tokenizers.make_tokenizer(TokenizationConfig("SentencePieceTokenizer", {"model": model}))
+    typed = tokenizers.make_tokenizer(
+        TokenizationConfig("SentencePieceTokenizer", {"model": model})
+    )
     assert by_path.kind == typed.kind == "sentencepiece"
     assert by_path.identity() == typed.identity()
     assert typed.tokenize("the red house") == by_path.tokenize("the red house")
@@ -138,7 +140,10 @@ def test_word_index_out_of_range_names_the_line(tmp_path):
     "params, message",
     [
         ({"mode": "agg"}, "invalid tokenization mode: agg"),
-        ({"mode": "aggressive", "joiner_anotate": True}, r"unknown option\(s\) \['joiner_anotate'\]"),
+        (
+            {"mode": "aggressive", "joiner_anotate": True},
+            r"unknown option\(s\) \['joiner_anotate'\]",
+        ),
         ({"bpe_dropout": 0.1}, "params.bpe_dropout asks for subword sampling"),
         ({"sp_nbest_size": 8}, "params.sp_nbest_size asks for subword sampling"),
         ({"bpe_model_path": "missing.bpe"}, "params.bpe_model_path = 'missing.bpe' does not exist"),
@@ -164,3 +169,29 @@ def test_bad_settings(tmp_path):
     bad.write_text("type: OpenNMTTokenizer\nparam: {mode: aggressive}\n")
     with pytest.raises(SeqtrainError, match="unknown key 'tokenization.param'"):
         tokenizers.make_tokenizer(str(bad))
+
+
+def test_cli_rejects_bad_tokenizer_before_writing(tmp_path):
+    from conftest import make_corpus, run_cli, tiny_config, write_config
+
+    paths = make_corpus(str(tmp_path / "data"), lines=10)
+    data = {"source_tokenization": {"type": "OpenNMTTokenizer", "params": {"mode": "agressive"}}}
+    config = tiny_config(paths, tmp_path / "run", data=data)
+    proc = run_cli("train", "--config", write_config(tmp_path / "run.yml", config))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "data.source_tokenization: pyonmttok rejects params" in proc.stderr
+    assert "invalid tokenization mode: agressive" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_refuses_tokenizers_without_a_tensorflow_op(tmp_path):
+    from conftest import make_corpus, tiny_config
+
+    from seqtrain import export
+
+    paths = make_corpus(str(tmp_path / "data"), lines=10)
+    data = {"target_tokenization": {"type": "OpenNMTTokenizer", "params": AGGRESSIVE}}
+    config = build(tiny_config(paths, tmp_path / "run", data=data), "run.yml")
+    with pytest.raises(SeqtrainError, match="export supports whitespace and SentencePiece"):
+        export.TranslateModule(config, model=None)
