@@ -223,3 +223,42 @@ def test_zero_weight_example_changes_nothing():
 def test_config_defaults_keep_one_corpus():
     config = Config()
     assert config.data.train_files_weights is None and config.data.example_weights is None
+
+
+def test_weighted_aligned_tokens_objective_is_split_invariant():
+    """aligned_tokens mode with example weights: the objective of a batch equals the sum of its
+    two halves' objectives under the summed (all-reduced) normalizers."""
+    rng = np.random.default_rng(1)
+    b, t, s, v = 4, 5, 3, 7
+    attention = rng.dirichlet(np.ones(s), size=(b, t)).astype(np.float32)
+    batch = {
+        "target_out": tf.constant(rng.integers(3, v, (b, t)), tf.int32),
+        "target_length": tf.constant([5, 3, 4, 2]),
+        "source_length": tf.constant([3, 2, 3, 1]),
+        "alignment": tf.constant(rng.integers(0, 2, (b, t, s)), tf.float32),
+        "weight": tf.constant([0.5, 2.0, 0.0, 1.5]),
+    }
+    logits = tf.constant(rng.normal(size=(b, t, v)), tf.float32)
+    params = ParamsConfig(
+        guided_alignment_type="ce", guided_alignment_normalization="aligned_tokens"
+    )
+
+    def half(k):
+        rows = slice(2 * k, 2 * k + 2)
+        return {key: value[rows] for key, value in batch.items()}, logits[rows], attention[rows]
+
+    whole_norm = losses.batch_normalizers(batch, params)
+    whole = losses.objective(
+        losses.loss_terms(logits, attention, batch, params, True), whole_norm, params
+    )
+    parts = [half(0), half(1)]
+    summed = {
+        key: sum(float(losses.batch_normalizers(p[0], params)[key]) for p in parts)
+        for key in whole_norm
+    }
+    split = sum(
+        float(losses.objective(losses.loss_terms(lg, at, bt, params, True), summed, params))
+        for bt, lg, at in parts
+    )
+    assert split == pytest.approx(float(whole), abs=1e-6)
+    assert summed["tokens"] == pytest.approx(0.5 * 5 + 2 * 3 + 0 * 4 + 1.5 * 2)

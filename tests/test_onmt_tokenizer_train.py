@@ -1,7 +1,6 @@
 """Along the user's path: an OpenNMT-tf data config (OpenNMT Tokenizer aggressive + joiners,
 word-level alignments, two weighted corpora, example weights) trains, evaluates and translates."""
 
-import collections
 import json
 import os
 
@@ -9,9 +8,7 @@ import pytest
 import yaml
 from conftest import make_corpus, run_cli, tiny_config, write_config, write_lines
 
-from seqtrain import tokenizers
-from seqtrain.config import TokenizationConfig
-from seqtrain.vocab import Vocab, read_text_lines
+from seqtrain.vocab import read_text_lines
 
 pytest.importorskip("pyonmttok")
 
@@ -19,7 +16,8 @@ AGGRESSIVE = {"mode": "aggressive", "joiner_annotate": True}
 
 
 def punctuate(path):
-    """'s3 s7 s1' -> 's3, s7 s1!': words keep their indices, pieces do not."""
+    """'s3 s7 s1' -> 's3, s7 s1!': words keep their indices; aggressive mode then splits
+    's3,' into 's ￭3 ￭,' (letters, digits, punctuation)."""
     lines = []
     for line in read_text_lines(path):
         words = line.split()
@@ -27,16 +25,6 @@ def punctuate(path):
         words[-1] += "!"
         lines.append(" ".join(words))
     write_lines(path, lines)
-
-
-def pieces_vocab(paths, output):
-    tok = tokenizers.make_tokenizer(TokenizationConfig("OpenNMTTokenizer", AGGRESSIVE))
-    counter = collections.Counter()
-    for path in paths:
-        for line in read_text_lines(path):
-            counter.update(tok.tokenize(line))
-    Vocab.from_counter(counter).save(output)
-    return output
 
 
 @pytest.mark.slow
@@ -53,10 +41,18 @@ def test_train_eval_translate_with_opennmt_tokenizer(tmp_path):
             write_lines(split[f"{part}.{ext}"], chunk)
     write_lines(tmp_path / "a.w", ["1"] * 100)
     write_lines(tmp_path / "b.w", ["0.5", "2"] * 30)
-    src_vocab = pieces_vocab([paths["train.src"]], str(tmp_path / "src.vocab"))
-    tgt_vocab = pieces_vocab([paths["train.tgt"]], str(tmp_path / "tgt.vocab"))
     tok_yml = tmp_path / "tok.yml"
     tok_yml.write_text(yaml.safe_dump({"type": "OpenNMTTokenizer", "params": AGGRESSIVE}))
+    src_vocab, tgt_vocab = str(tmp_path / "src.vocab"), str(tmp_path / "tgt.vocab")
+    tok_json = json.dumps({"type": "OpenNMTTokenizer", "params": AGGRESSIVE})
+    for text, vocab, tokenization in (
+        (paths["train.src"], src_vocab, str(tok_yml)),
+        (paths["train.tgt"], tgt_vocab, tok_json),
+    ):
+        proc = run_cli("build-vocab", text, "--save_vocab", vocab, "--tokenizer", tokenization)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    pieces = set(read_text_lines(src_vocab))
+    assert {"s", "￭3", "￭,", "￭!"} <= pieces and "s3" not in pieces  # "s3," -> s ￭3 ￭,
     data = {
         "train_features_file": [split["a.src"], split["b.src"]],
         "train_labels_file": [split["a.tgt"], split["b.tgt"]],
@@ -74,6 +70,10 @@ def test_train_eval_translate_with_opennmt_tokenizer(tmp_path):
     }
     config = tiny_config(paths, tmp_path / "run", data=data, eval={"steps": 6, "scorers": ["bleu"]})
     config_path = write_config(tmp_path / "run.yml", config)
+    proc = run_cli("check-data", "--config", config_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train corpus 1: 100 sentence pairs" in proc.stdout
+    assert "train corpus 2: 60 sentence pairs" in proc.stdout
     proc = run_cli("train", "--config", config_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "corpus sampling probabilities: 0.4545, 0.5455" in proc.stderr  # 1*100 : 2*60
