@@ -30,7 +30,8 @@ setup(
         "align": ["eflomal>=2.0"],
         "plot": ["matplotlib>=3.5"],
         "ctranslate2": [CTRANSLATE2],
-        "test": ["pytest>=7", "eflomal>=2.0", "matplotlib>=3.5", CTRANSLATE2],
+        "onmt": ["pyonmttok>=1.37"],  # OpenNMTTokenizer tokenization (OpenNMT-tf's tokenizer)
+        "test": ["pytest>=7", "eflomal>=2.0", "matplotlib>=3.5", CTRANSLATE2, "pyonmttok>=1.37"],
     },
     entry_points={"console_scripts": ["seqtrain = seqtrain.cli:main"]},
 )

@@ -444,18 +444,22 @@ def align_config(
     subword = [k for k in ("source_tokenization", "target_tokenization") if getattr(data, k)]
     if subword and data.alignment_level == "tokens":
         logger.warning(
-            "data.%s is a SentencePiece model but data.alignment_level is tokens: seqtrain align "
+            "data.%s is a subword tokenizer but data.alignment_level is tokens: seqtrain align "
             "writes links between whitespace words, so set data.alignment_level: words to have "
             "them projected onto the pieces (as tokens they would be wrong or out of range)",
             subword[0],
         )
-    return align_files(
-        data.train_features_file,
-        data.train_labels_file,
-        data.train_alignments,
-        symmetrize=symmetrize,
-        lowercase=lowercase,
-        extra_source=extra_source,
-        extra_target=extra_target,
-        force=force,
-    )
+    summaries = [  # one Pharaoh file per training corpus
+        align_files(
+            features,
+            labels,
+            alignments,
+            symmetrize=symmetrize,
+            lowercase=lowercase,
+            extra_source=extra_source,
+            extra_target=extra_target,
+            force=force,
+        )
+        for features, labels, alignments, _ in data.train_corpora()
+    ]
+    return summaries[-1]

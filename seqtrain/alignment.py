@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from seqtrain.errors import SeqtrainError
+from seqtrain.tokenizers import make_tokenizer
 from seqtrain.vocab import UNK, Tokenizer, Vocab, read_text_lines
 
 # A whole valid line at once (the fast path); token by token only to report an error.
@@ -242,7 +243,7 @@ def _unit_text(tokenizer: Tokenizer, level: str) -> str:
     if level == "words":
         return "the whitespace-separated words of the raw text"
     if tokenizer.is_subword:
-        return "the SentencePiece pieces (or set data.alignment_level: words for word indices)"
+        return "the tokenizer's pieces (or set data.alignment_level: words for word indices)"
     return "the whitespace-separated tokens"
 
 
@@ -416,8 +417,8 @@ def load_tokenizers_and_vocabs(config):
     """(source Tokenizer, target Tokenizer, source Vocab or None, target Vocab or None)."""
     data = config.data
     return (
-        Tokenizer(data.source_tokenization),
-        Tokenizer(data.target_tokenization),
+        make_tokenizer(data.source_tokenization, "data.source_tokenization"),
+        make_tokenizer(data.target_tokenization, "data.target_tokenization"),
         Vocab.load(data.source_vocabulary) if data.source_vocabulary else None,
         Vocab.load(data.target_vocabulary) if data.target_vocabulary else None,
     )
@@ -432,16 +433,19 @@ def check_config_data(config) -> list[DataSummary]:
     data, train = config.data, config.train
     src_tok, tgt_tok, src_vocab, tgt_vocab = load_tokenizers_and_vocabs(config)
     summaries = []
+    corpora = data.train_corpora()
     splits = [
-        ("train", data.train_features_file, data.train_labels_file, data.train_alignments),
-        ("eval", data.eval_features_file, data.eval_labels_file, data.eval_alignments),
+        ("train" if len(corpora) == 1 else f"train corpus {k + 1}", *files[:3])
+        for k, files in enumerate(corpora)
     ]
+    splits.append(("eval", data.eval_features_file, data.eval_labels_file, data.eval_alignments))
     for name, source, target, alignments in splits:
         if not (source or target or alignments):
             continue
         if not (source and target):
             missing = "features" if not source else "labels"
-            raise SeqtrainError(f"data.{name}_{missing}_file is not set; give both text files")
+            split = "eval" if name == "eval" else "train"
+            raise SeqtrainError(f"data.{split}_{missing}_file is not set; give both text files")
         summaries.append(
             check_data(
                 source,
@@ -453,8 +457,8 @@ def check_config_data(config) -> list[DataSummary]:
                 tgt_vocab,
                 data.alignment_level,
                 allow_possible=name == "eval",
-                maximum_source_length=train.maximum_features_length if name == "train" else None,
-                maximum_target_length=train.maximum_labels_length if name == "train" else None,
+                maximum_source_length=train.maximum_features_length if name != "eval" else None,
+                maximum_target_length=train.maximum_labels_length if name != "eval" else None,
                 name=name,
             )
         )

@@ -69,6 +69,11 @@ def _load(args, command: str | None = None):
     cfg.check(config, origin)
     if command:
         cfg.check_files(config, command, origin)
+        from seqtrain import tokenizers  # no TensorFlow: bad tokenizer options fail instantly
+
+        for side in ("source", "target"):
+            key = f"{side}_tokenization"
+            tokenizers.make_tokenizer(getattr(config.data, key), f"{origin}: data.{key}")
     return config
 
 
@@ -93,15 +98,19 @@ def cmd_train(args) -> None:
 
 
 def cmd_check_data(args) -> None:
-    from seqtrain import alignment
+    from seqtrain import alignment, corpus
 
     config = _load(args, "train")
-    for summary in alignment.check_config_data(config):
+    summaries = alignment.check_config_data(config)
+    for summary, files in zip(summaries, config.data.train_corpora()):
+        if files[3]:  # example weights: one valid number per line of the corpus
+            corpus.read_example_weights(files[3], files[0], summary.lines)
+    for summary in summaries:
         print(alignment.format_summary(summary))
 
 
 def cmd_build_vocab(args) -> None:
-    from seqtrain import vocab
+    from seqtrain import tokenizers, vocab
 
     if args.sentencepiece:
         model, vocab_path = vocab.train_sentencepiece(
@@ -113,7 +122,7 @@ def cmd_build_vocab(args) -> None:
         )
         print(f"SentencePiece model: {model}\nvocabulary: {vocab_path}")
     else:
-        tokenizer = vocab.Tokenizer(args.tokenizer) if args.tokenizer else None
+        tokenizer = tokenizers.make_tokenizer(args.tokenizer, "--tokenizer")
         vocab.build_vocab(
             args.data,
             args.save_vocab,
@@ -343,7 +352,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save_vocab", required=True, help="output vocab (or SentencePiece prefix)")
     p.add_argument("--size", type=int, default=None, help="maximum vocabulary size")
     p.add_argument("--min_frequency", type=int, default=1)
-    p.add_argument("--tokenizer", help="SentencePiece model applied before counting")
+    p.add_argument(
+        "--tokenizer",
+        help="applied before counting: a SentencePiece model, or a tokenization config as "
+        "data.source_tokenization takes (YAML file or JSON, e.g. an OpenNMTTokenizer's)",
+    )
     p.add_argument("--sentencepiece", action="store_true", help="train a SentencePiece model")
     p.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
     p.add_argument("--character_coverage", type=float, default=1.0)

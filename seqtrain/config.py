@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 
@@ -32,19 +32,65 @@ def _opt(default, **meta):
     return field(default=default, metadata=_meta(**meta))
 
 
+TOKENIZER_TYPES = (
+    "OpenNMTTokenizer",
+    "SentencePieceTokenizer",
+    "SpaceTokenizer",
+    "CharacterTokenizer",
+)
+
+
+@dataclass(frozen=True)
+class TokenizationConfig:
+    type: Literal[TOKENIZER_TYPES] = "OpenNMTTokenizer"  # OpenNMT-tf tokenizer class name
+    params: dict = field(default_factory=dict)  # its arguments (OpenNMTTokenizer: pyonmttok's)
+
+    @staticmethod
+    def normalize_yaml(value):
+        """OpenNMT-tf's legacy form: a mapping without ``type`` is OpenNMTTokenizer's params."""
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": "OpenNMTTokenizer", "params": value}
+        return value
+
+
+# A tokenization is a SentencePiece model path, a YAML file path, a JSON string or a mapping.
+Tokenization = Optional[Union[str, TokenizationConfig]]
+Files = Optional[tuple[str, ...]]  # one path, or a list of paths (several training corpora)
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    train_features_file: Optional[str] = _opt(None, path=True)  # training source text
-    train_labels_file: Optional[str] = _opt(None, path=True)  # training target text
-    train_alignments: Optional[str] = _opt(None, path=True)  # Pharaoh i-j (source-target) links
+    train_features_file: Files = _opt(None, path=True)  # training source text(s)
+    train_labels_file: Files = _opt(None, path=True)  # training target text(s), one per source
+    train_alignments: Files = _opt(None, path=True)  # Pharaoh i-j (source-target), one per corpus
+    train_files_weights: Optional[tuple[float, ...]] = None  # corpus sampling weights, each
+    # multiplied by its corpus size (OpenNMT-tf); null = in proportion to size
+    example_weights: Files = _opt(None, path=True)  # one number per line scaling each example's
+    # loss terms (CE and guided alignment), one file per corpus
     eval_features_file: Optional[str] = _opt(None, path=True)  # dev source text
     eval_labels_file: Optional[str] = _opt(None, path=True)  # dev target references
     eval_alignments: Optional[str] = _opt(None, path=True)  # dev gold links (sure/possible) for AER
     source_vocabulary: Optional[str] = _opt(None, path=True)  # one token per line, <blank> <s> </s>
     target_vocabulary: Optional[str] = _opt(None, path=True)  # one token per line, <blank> <s> </s>
-    source_tokenization: Optional[str] = _opt(None, path=True)  # SentencePiece model; null = spaces
-    target_tokenization: Optional[str] = _opt(None, path=True)  # SentencePiece model; null = spaces
+    source_tokenization: Tokenization = _opt(None, path=True)  # SentencePiece model path, or an
+    # OpenNMT-tf tokenizer config {type, params} (or a YAML file of it); null = spaces
+    target_tokenization: Tokenization = _opt(None, path=True)  # as source_tokenization
     alignment_level: Literal["tokens", "words"] = "tokens"  # indices count model tokens or words
+
+    def train_corpora(self) -> list[tuple]:
+        """(features, labels, alignments or None, example weights or None) per training corpus."""
+
+        def listed(paths):  # a plain string too (a DataConfig built in code)
+            return [paths] if isinstance(paths, str) else list(paths or ())
+
+        count = len(listed(self.train_features_file))
+
+        def each(paths):
+            return listed(paths) if paths else [None] * count
+
+        features, labels = each(self.train_features_file), each(self.train_labels_file)
+
+        return list(zip(features, labels, each(self.train_alignments), each(self.example_weights)))
 
 
 SharingLevel = Literal["none", "source_target_input", "target", "all", "auto"]
@@ -345,6 +391,11 @@ def _aliases(raw: dict, origin: str) -> dict:
     return {**raw, "eval": section}
 
 
+def tokenization_from_mapping(mapping: dict, where: str) -> TokenizationConfig:
+    """A tokenization mapping read from a YAML file or a JSON string, validated as in a config."""
+    return yamltypes.convert(TokenizationConfig, mapping, None, where, "tokenization")
+
+
 def check_model(m: ModelConfig, origin: str = "<config>") -> None:
     """Architecture rules (also checked by the model itself when built from code)."""
     if m.num_units % m.num_heads or m.num_units % 2:
@@ -401,6 +452,31 @@ def check(config: Config, origin: str = "<config>") -> None:
             f"{origin}: params.guided_alignment_type is '{config.params.guided_alignment_type}' "
             "but data.train_alignments is not set; give a Pharaoh file or set it to null"
         )
+    check_corpora(config.data, origin)
+
+
+def check_corpora(data: DataConfig, origin: str = "<config>") -> None:
+    """The training lists are parallel: one labels, alignments, example_weights file and one
+    train_files_weights entry per train_features_file."""
+
+    def size(value):
+        return 1 if isinstance(value, str) else len(value or ())
+
+    count = size(data.train_features_file)
+    lists = ("train_labels_file", "train_alignments", "example_weights", "train_files_weights")
+    for key in lists:
+        value = getattr(data, key)
+        if value is not None and count and size(value) != count:
+            raise SeqtrainError(
+                f"{origin}: data.{key} has {size(value)} entries but data.train_features_file "
+                f"has {count}; give one per training corpus, in the same order"
+            )
+    weights = data.train_files_weights
+    if weights is not None and (min(weights) < 0 or not sum(weights)):
+        raise SeqtrainError(
+            f"{origin}: data.train_files_weights = {list(weights)}; weights must be >= 0 and "
+            "not all 0"
+        )
 
 
 def decay_arguments(params: ParamsConfig, origin: str = "<config>") -> dict:
@@ -452,12 +528,17 @@ def check_files(config: Config, command: str, origin: str = "<config>") -> None:
         if not getattr(data, key):
             raise SeqtrainError(f"{origin}: data.{key} is required for '{command}'")
     for fld in dataclasses.fields(DataConfig):
-        path = getattr(data, fld.name)
-        if fld.metadata.get("path") and path and not os.path.isfile(path):
-            raise SeqtrainError(
-                f"{origin}: data.{fld.name} = '{path}' does not exist (paths are relative to "
-                f"the directory seqtrain runs in: {os.getcwd()})"
-            )
+        value = getattr(data, fld.name)
+        paths = value if isinstance(value, tuple) else (value,)
+        for path in paths:
+            # A tokenization can also be a mapping or a JSON string (checked when it is built).
+            if not fld.metadata.get("path") or not isinstance(path, str) or path.startswith("{"):
+                continue
+            if not os.path.isfile(path):
+                raise SeqtrainError(
+                    f"{origin}: data.{fld.name} = '{path}' does not exist (paths are relative "
+                    f"to the directory seqtrain runs in: {os.getcwd()})"
+                )
 
 
 def to_dict(config: Config) -> dict:

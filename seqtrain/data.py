@@ -11,6 +11,7 @@ Batch contract (a dict of tensors; every other module reads batches through thes
 | target_length | int32 [B] | n + 1 (includes `</s>`) |
 | alignment | float32 [B, T, S] | with alignments only: 1.0 at [b, t, s] iff gold link (s, t) |
 | index | int32 [B] | eval/inference batches only: 0-based line of the example in its file |
+| weight | float32 [B] | training batches with data.example_weights only: each example's weight |
 
 The row offset: decoder step t reads target_in[t] (`<s>` when t = 0, else y_(t-1)) and predicts
 target_out[t] = y_t. A Pharaoh link `s-t` says target token y_t translates source token x_s, so it
@@ -25,222 +26,26 @@ of source and target incl. `</s>`) satisfies B × L <= batch_size.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import os
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from seqtrain import alignment
+from seqtrain import alignment  # noqa: F401 (data.alignment: the reader the tests patch)
 from seqtrain.batching import batch_groups
-from seqtrain.config import Config, TrainConfig
+from seqtrain.config import TrainConfig
+from seqtrain.corpus import EncodedCorpus, _Packer, load_corpus  # noqa: F401 (data's API)
 from seqtrain.errors import SeqtrainError
 from seqtrain.vocab import BOS, EOS
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1  # bump when the encoding or the .npz layout changes
 # Batches built in parallel and kept ready. A fixed small number, not tf.data.AUTOTUNE: a batch
 # costs ~1 ms against a train step's ~0.5 s, and with autotuning TF 2.21 blocks in an iterator's
 # destructor until its tuning thread wakes up (18 s after a 23 s translation of 500 lines).
 PARALLEL_BATCHES = 2
-SPLIT_FILES = {
-    "train": ("train_features_file", "train_labels_file", "train_alignments"),
-    "eval": ("eval_features_file", "eval_labels_file", "eval_alignments"),
-}
-
-
-@dataclass
-class EncodedCorpus:
-    """A parallel corpus as flat numpy arrays; example i is ``x[splits[i]:splits[i + 1]]``.
-
-    source_ids int32 [sum S], source_splits int64 [N+1]; target_ids int32 [sum n] (no BOS/EOS),
-    target_splits int64 [N+1]; links int32 [sum L, 2] of (t, s) and links_splits int64 [N+1],
-    both None without an alignment file; lines int32 [N]: 1-based line numbers in the files;
-    sure bool [sum L]: eval split only (gold files), True for sure and False for possible links.
-    """
-
-    source_ids: np.ndarray
-    source_splits: np.ndarray
-    target_ids: np.ndarray
-    target_splits: np.ndarray
-    lines: np.ndarray
-    links: np.ndarray | None = None
-    links_splits: np.ndarray | None = None
-    sure: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    @property
-    def source_lengths(self) -> np.ndarray:
-        """int64 [N]: source tokens per example."""
-        return np.diff(self.source_splits)
-
-    @property
-    def target_lengths(self) -> np.ndarray:
-        """int64 [N]: target tokens per example, without `</s>`."""
-        return np.diff(self.target_splits)
-
-    @property
-    def has_links(self) -> bool:
-        return self.links is not None
-
-    @classmethod
-    def from_examples(cls, examples: Iterable, with_links: bool) -> EncodedCorpus:
-        """Packs ``alignment.Example``-like items (line, source_ids, target_ids, links, sure)."""
-        source, target, links, sure, lines = _Packer(), _Packer(), _Packer(2), _Packer(), []
-        with_sure = None
-        for example in examples:
-            source.add(example.source_ids)
-            target.add(example.target_ids)
-            if with_links:
-                pairs = example.links if example.links is not None else np.zeros((0, 2))
-                links.add(pairs)
-                flags = getattr(example, "sure", None)
-                with_sure = flags is not None if with_sure is None else with_sure
-                if with_sure:
-                    sure.add(flags if flags is not None else np.ones(len(pairs)))
-            lines.append(example.line)
-        link_arrays = links.finish() if with_links else (None, None)
-        sure_flags = sure.finish()[0].astype(bool) if with_sure else None
-        lines = np.asarray(lines, np.int32)
-        return cls(*source.finish(), *target.finish(), lines, *link_arrays, sure_flags)
-
-
-class _Packer:
-    """Concatenates many small int32 arrays; consolidates in chunks to bound Python overhead."""
-
-    def __init__(self, width: int = 0, chunk: int = 65536):
-        self.width, self.chunk = width, chunk
-        self.pending, self.values, self.lengths = [], [], []
-
-    def add(self, array) -> None:
-        array = np.asarray(array, np.int32)
-        self.pending.append(array.reshape(-1, self.width) if self.width else array.reshape(-1))
-        if len(self.pending) >= self.chunk:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.pending:
-            self.lengths.append(np.fromiter(map(len, self.pending), np.int64, len(self.pending)))
-            self.values.append(np.concatenate(self.pending))
-            self.pending = []
-
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        self._flush()
-        empty = np.zeros((0, self.width) if self.width else 0, np.int32)
-        values = np.concatenate(self.values) if self.values else empty
-        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
-        return values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-
-
-# ---------------------------------------------------------------- encoding and its cache
-
-
-def load_corpus(
-    config: Config, split: str = "train", cache_dir: str | None = None
-) -> EncodedCorpus:
-    """Encodes the split's files once (``alignment.read_parallel``), cached as one .npz.
-
-    The cache (default ``model_dir/cache``) is keyed by the input files (absolute path, size,
-    mtime), the tokenizers, the vocabulary contents and ``alignment_level``: any change rebuilds.
-    The eval alignments are a gold file: possible links (``ipj``) are links too, and
-    ``corpus.sure`` tells them apart.
-    """
-    keys = SPLIT_FILES[split] + ("source_vocabulary", "target_vocabulary")
-    paths = [getattr(config.data, key) for key in keys]
-    for key, path in zip(keys, paths):
-        if not path and key != keys[2]:
-            raise SeqtrainError(f"data.{key} is required to build the {split} data")
-    src_tok, tgt_tok, src_vocab, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
-    key = _cache_key(config, split, paths[:3], (src_tok, tgt_tok))
-    cache_dir = cache_dir if cache_dir is not None else os.path.join(config.model_dir, "cache")
-    path = os.path.join(cache_dir, f"{split}.{key[:24]}.npz")
-    corpus = _read_cache(path, key)
-    if corpus is not None:
-        logger.info("%s data: reusing cache %s (%d examples)", split, path, len(corpus))
-        return corpus
-    start = time.time()
-    level, gold = config.data.alignment_level, split == "eval"
-    examples = alignment.read_parallel(
-        *paths[:3], src_tok, tgt_tok, src_vocab, tgt_vocab, level, allow_possible=gold
-    )
-    corpus = EncodedCorpus.from_examples(examples, with_links=paths[2] is not None)
-    elapsed = time.time() - start
-    logger.info("%s data: encoded %d lines in %.1f s", split, len(corpus), elapsed)
-    _write_cache(path, key, corpus)
-    return corpus
-
-
-def _cache_key(config: Config, split: str, paths: Sequence, tokenizers) -> str:
-    files = []
-    for path in paths:
-        if path:
-            if not os.path.isfile(path):
-                raise SeqtrainError(f"{path}: file not found (check the data section)")
-            stat = os.stat(path)
-            files.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
-    data = config.data
-    description = {
-        "version": CACHE_FORMAT_VERSION,
-        "split": split,
-        "files": files,
-        "tokenizers": [tok.identity() for tok in tokenizers],  # hashes SentencePiece models
-        "vocabularies": [_file_hash(p) for p in (data.source_vocabulary, data.target_vocabulary)],
-        "alignment_level": data.alignment_level,
-    }
-    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
-
-
-def _file_hash(path: str | None) -> str | None:
-    if not path:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_cache(path: str, key: str) -> EncodedCorpus | None:
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if str(npz["key"]) != key:
-                return None
-            names = [f.name for f in dataclasses.fields(EncodedCorpus)]
-            fields = {name: npz[name] if name in npz.files else None for name in names}
-        return EncodedCorpus(**fields)
-    except (OSError, ValueError, KeyError, EOFError) as e:  # truncated or foreign file
-        logger.warning("ignoring unreadable cache %s (%s); encoding again", path, e)
-        return None
-
-
-def _write_cache(path: str, key: str, corpus: EncodedCorpus) -> None:
-    """Atomic (tmp + os.replace); removes the split's caches of older inputs."""
-    directory, name = os.path.split(path)
-    os.makedirs(directory or ".", exist_ok=True)
-    arrays = {k: v for k, v in dataclasses.asdict(corpus).items() if v is not None}
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, key=np.array(key), **arrays)
-    os.replace(tmp, path)
-    split = name.split(".")[0]
-    for other in os.listdir(directory or "."):
-        if other != name and other.startswith(f"{split}.") and other.endswith(".npz"):
-            try:
-                os.remove(os.path.join(directory, other))
-            except FileNotFoundError:  # another worker removed it first
-                pass
-    logger.info("cache written: %s", path)
 
 
 # ---------------------------------------------------------------- length filter
@@ -308,13 +113,17 @@ class _RaggedCorpus:
         self.links = None
         if with_alignment and corpus.has_links:
             self.links = ragged(corpus.links, corpus.links_splits)
+        self.weights = None if corpus.weights is None else tf.constant(corpus.weights, tf.float32)
 
     def batch(self, indices, length=None) -> dict:
         """indices int64 [B]; length: pad both sides to it (scalar), or None = longest."""
         links = tf.gather(self.links, indices) if self.links is not None else None
-        return _assemble(
+        batch = _assemble(
             tf.gather(self.source, indices), tf.gather(self.target, indices), links, length
         )
+        if self.weights is not None:
+            batch["weight"] = tf.gather(self.weights, indices)
+        return batch
 
 
 def _assemble(source, target, links=None, length=None) -> dict:
@@ -367,6 +176,7 @@ def train_dataset(
     train: TrainConfig,
     input_context: tf.distribute.InputContext | None = None,
     with_alignment: bool = True,
+    files_weights: Sequence[float] | None = None,
 ) -> tf.data.Dataset:
     """Endless shuffled, length-bucketed training batches (batch contract), for one replica.
 
@@ -375,7 +185,9 @@ def train_dataset(
     ``length_bucket_width`` -> batch -> gather and pad -> prefetch. The order depends on
     ``train.seed`` and on TensorFlow's global seed (``tf.random.set_seed``), nothing else.
     A bucket fills only when enough of its examples came: with a small corpus and rare lengths,
-    an example may wait a few epochs (as in OpenNMT-tf).
+    an example may wait a few epochs (as in OpenNMT-tf). Several corpora (``corpus.parts``): each
+    is shuffled and repeated alone, and examples are drawn from them with
+    ``mixture_probabilities(sizes, files_weights)`` (data.train_files_weights) before bucketing.
     """
     indices, stats = _filter(corpus, train)
     logger.info("training data: %s", stats)
@@ -397,12 +209,15 @@ def train_dataset(
             )
     ragged = _RaggedCorpus(corpus, with_alignment)
     bounds_t, sizes_t = tf.constant(bounds), tf.constant(sizes)
-    dataset = tf.data.Dataset.from_tensor_slices((indices, keys))
-    buffer = len(indices) if train.sample_buffer_size == -1 else train.sample_buffer_size
-    if buffer:
-        dataset = dataset.shuffle(min(buffer, len(indices)), seed=train.seed)
-    if not train.single_pass:  # single_pass: one epoch, then the iterator ends
-        dataset = dataset.repeat()
+    if corpus.parts is not None and len(corpus.parts) > 2:
+        if train.single_pass:  # OpenNMT-tf refuses it too: weighted sampling has no epoch end
+            raise SeqtrainError(
+                "train.single_pass reads one corpus once; with several training corpora "
+                "(weighted sampling) set it to false"
+            )
+        dataset = _mixture(indices, keys, corpus.parts, files_weights, train)
+    else:
+        dataset = _shuffled(indices, keys, train, train.seed)
     if train.length_bucket_width:
         dataset = dataset.group_by_window(
             key_func=lambda index, key: key,
@@ -420,6 +235,51 @@ def train_dataset(
 
     dataset = dataset.map(make, num_parallel_calls=PARALLEL_BATCHES, deterministic=True)
     return _finish(dataset)
+
+
+def _shuffled(indices: np.ndarray, keys: np.ndarray, train: TrainConfig, seed: int):
+    """Endless (index, bucket key) stream, reshuffled every epoch."""
+    dataset = tf.data.Dataset.from_tensor_slices((indices, keys))
+    buffer = len(indices) if train.sample_buffer_size == -1 else train.sample_buffer_size
+    if buffer:
+        dataset = dataset.shuffle(min(buffer, len(indices)), seed=seed)
+    return dataset if train.single_pass else dataset.repeat()  # single_pass: one epoch
+
+
+def mixture_probabilities(sizes, files_weights=None) -> np.ndarray:
+    """float64 [K]: the probability that the next example comes from corpus k.
+
+    As OpenNMT-tf's ``normalize_weights``: weight_k × size_k / Σ sizes, renormalized to sum 1
+    (sizes: lines of each corpus, before length filtering); no weights = weight 1 each, which
+    samples in proportion to size.
+    """
+    sizes = np.asarray(sizes, np.float64)
+    weights = np.ones_like(sizes) if files_weights is None else np.asarray(files_weights, float)
+    scaled = weights * sizes / sizes.sum()
+    return scaled / scaled.sum()
+
+
+def _mixture(indices, keys, parts, files_weights, train: TrainConfig) -> tf.data.Dataset:
+    """Examples drawn one at a time from per-corpus endless shuffled streams, corpus k with
+    ``mixture_probabilities`` (tf.data's sample_from_datasets, as OpenNMT-tf); a batch then mixes
+    corpora in those proportions on average. parts int64 [K+1]: each corpus' example range."""
+    probabilities = mixture_probabilities(np.diff(parts), files_weights)
+    owner = np.searchsorted(parts, indices, side="right") - 1
+    streams, chances = [], []
+    for k, probability in enumerate(probabilities):
+        mine = owner == k
+        if probability == 0:
+            continue
+        if not mine.any():
+            raise SeqtrainError(
+                f"training corpus {k + 1} (entry {k + 1} of data.train_features_file) has no "
+                "example left after length filtering; give it weight 0 in "
+                "data.train_files_weights, remove it, or raise the length limits"
+            )
+        streams.append(_shuffled(indices[mine], keys[mine], train, train.seed + k))
+        chances.append(probability)
+    logger.info("corpus sampling probabilities: %s", ", ".join(f"{p:.4f}" for p in probabilities))
+    return tf.data.Dataset.sample_from_datasets(streams, weights=chances, seed=train.seed)
 
 
 def _finish(dataset: tf.data.Dataset) -> tf.data.Dataset:

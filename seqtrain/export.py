@@ -87,6 +87,13 @@ class TranslateModule(tf.Module):
     def __init__(self, config, model):
         super().__init__(name="seqtrain_translate")
         src_tok, tgt_tok, src_vocab, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
+        for side, tok in (("source", src_tok), ("target", tgt_tok)):
+            if tok.kind not in ("space", "sentencepiece"):  # no such TensorFlow op
+                raise SeqtrainError(
+                    f"data.{side}_tokenization: export supports whitespace and SentencePiece "
+                    f"tokenization only, not {type(tok).__name__}; translate with seqtrain "
+                    "translate, or export a model trained on pre-tokenized text"
+                )
         self.model = model
         self.params = config.params
         self.words = config.data.alignment_level == "words"

@@ -17,7 +17,13 @@ EPSILON = 1e-7
 
 
 def cross_entropy_sequence_loss(
-    logits, labels, sequence_length=None, label_smoothing=0.0, training=True, average_in_time=False
+    logits,
+    labels,
+    sequence_length=None,
+    label_smoothing=0.0,
+    training=True,
+    average_in_time=False,
+    sequence_weight=None,
 ):
     """Summed (label-smoothed) cross-entropy over the real time steps of a batch.
 
@@ -28,6 +34,9 @@ def cross_entropy_sequence_loss(
       label_smoothing: ε, only when ``training``: target 1-ε on the label, ε/(V-1) elsewhere.
       training: False gives the unsmoothed loss, normalized per token.
       average_in_time: normalize by tokens (True) or by sentences (False) when training.
+      sequence_weight: float [B] example weights (data.example_weights) or None. As OpenNMT-tf:
+        each token's CE and its count in token_normalizer are multiplied by its example's
+        weight; loss_normalizer by sentences is then Σ weights.
 
     Returns:
       (loss_sum, loss_normalizer, token_normalizer), float32 scalars.
@@ -43,10 +52,14 @@ def cross_entropy_sequence_loss(
         mask = tf.ones_like(ce)
     else:
         mask = tf.sequence_mask(sequence_length, maxlen=tf.shape(ce)[1], dtype=tf.float32)
+    if sequence_weight is not None:
+        mask *= tf.cast(sequence_weight, tf.float32)[:, tf.newaxis]
     loss_sum = tf.reduce_sum(ce * mask)
     token_normalizer = tf.reduce_sum(mask)
     if average_in_time or not training:
         loss_normalizer = token_normalizer
+    elif sequence_weight is not None:
+        loss_normalizer = tf.reduce_sum(tf.cast(sequence_weight, tf.float32))
     else:
         loss_normalizer = tf.cast(tf.shape(ce)[0], tf.float32)
     return loss_sum, loss_normalizer, token_normalizer
@@ -93,20 +106,23 @@ def smoothed_cross_entropy(logits, labels, epsilon: float):
     return tf.reshape(rows(flat), shape[:-1])
 
 
-def _alignment_rows(attention, gold, target_length_without_eos):
+def _alignment_rows(attention, gold, target_length_without_eos, sequence_weight=None):
     """Drops the last decoder step and masks rows t >= len_t.
 
     Row t of both attention and gold is the step predicting y_t, so they line up row for row; the
     last step only ever predicts ``</s>`` (or padding) and never carries a gold link.
 
     Returns:
-      (A [B, T-1, S] float32, G [B, T-1, S] float32, row_mask [B, T-1] float32, lengths [B] int32
-      clipped at 0 so an empty sentence (target_length 0) counts as 0 rows, not -1).
+      (A [B, T-1, S] float32, G [B, T-1, S] float32, row_mask [B, T-1] float32 (each real row
+      holds its example's weight: 1 without sequence_weight [B]), lengths [B] int32 clipped at 0
+      so an empty sentence (target_length 0) counts as 0 rows, not -1).
     """
     attention = tf.cast(attention, tf.float32)[:, :-1]
     gold = tf.cast(gold, tf.float32)[:, :-1]
     lengths = tf.maximum(tf.cast(target_length_without_eos, tf.int32), 0)
     row_mask = tf.sequence_mask(lengths, maxlen=tf.shape(attention)[1], dtype=tf.float32)
+    if sequence_weight is not None:
+        row_mask *= tf.cast(sequence_weight, tf.float32)[:, tf.newaxis]
     return attention, gold, row_mask, lengths
 
 
@@ -117,7 +133,9 @@ def _renormalized_log(attention):
     return tf.math.log(tf.clip_by_value(probs, EPSILON, 1.0 - EPSILON))
 
 
-def guided_alignment_cost(attention, gold, target_length_without_eos, cost_type="ce", weight=1.0):
+def guided_alignment_cost(
+    attention, gold, target_length_without_eos, cost_type="ce", weight=1.0, sequence_weight=None
+):
     """OpenNMT-tf's guided-alignment cost of one batch (the ``opennmt`` normalization).
 
     Args:
@@ -127,11 +145,15 @@ def guided_alignment_cost(attention, gold, target_length_without_eos, cost_type=
       cost_type: "ce" (-Σ_s G·log A, A renormalized and clipped) or "mse" (mean over the padded
         source length S of (G - A)²).
       weight: multiplies the cost.
+      sequence_weight: float [B] example weights w_b or None (all 1).
 
     Returns:
-      float32 scalar: weight · Σ_{b, t < len_t(b)} rowcost / Σ_b len_t(b) (0 when Σ len_t = 0).
+      float32 scalar: weight · Σ_b w_b Σ_{t < len_t(b)} rowcost / Σ_b w_b·len_t(b) (0 when the
+      denominator is 0): a weighted mean over the rows, so weights 1 change nothing.
     """
-    attention, gold, row_mask, lengths = _alignment_rows(attention, gold, target_length_without_eos)
+    attention, gold, row_mask, _ = _alignment_rows(
+        attention, gold, target_length_without_eos, sequence_weight
+    )
     if cost_type == "ce":
         row_cost = -tf.reduce_sum(gold * _renormalized_log(attention), axis=-1)
     elif cost_type == "mse":
@@ -139,7 +161,7 @@ def guided_alignment_cost(attention, gold, target_length_without_eos, cost_type=
     else:
         raise ValueError(f"unknown guided alignment cost type: {cost_type!r}")
     total = tf.reduce_sum(row_cost * row_mask)
-    normalizer = tf.cast(tf.reduce_sum(lengths), tf.float32)
+    normalizer = tf.reduce_sum(row_mask)  # Σ_b w_b·len_t(b)
     return weight * tf.math.divide_no_nan(total, normalizer)
 
 
@@ -149,7 +171,9 @@ def _aligned_row_mask(gold, row_mask):
     return has_link * row_mask
 
 
-def guided_alignment_sum(attention, gold, target_length_without_eos, source_length, cost_type):
+def guided_alignment_sum(
+    attention, gold, target_length_without_eos, source_length, cost_type, sequence_weight=None
+):
     """Unweighted guided-alignment cost summed over aligned target tokens (``aligned_tokens``).
 
     Each gold row is normalized to sum 1 (1/#links); only real rows (t < len_t) with at least one
@@ -158,12 +182,15 @@ def guided_alignment_sum(attention, gold, target_length_without_eos, source_leng
 
     Args:
       attention: [B, T, S] probabilities; gold: [B, T, S] binary links;
-      target_length_without_eos: int [B]; source_length: int [B]; cost_type: "ce" or "mse".
+      target_length_without_eos: int [B]; source_length: int [B]; cost_type: "ce" or "mse";
+      sequence_weight: float [B] example weights w_b or None (all 1).
 
     Returns:
-      (ga_sum, aligned_tokens), float32 scalars.
+      (ga_sum, aligned_tokens), float32 scalars: Σ w_b·rowcost and Σ w_b over the aligned rows.
     """
-    attention, gold, row_mask, _ = _alignment_rows(attention, gold, target_length_without_eos)
+    attention, gold, row_mask, _ = _alignment_rows(
+        attention, gold, target_length_without_eos, sequence_weight
+    )
     gold_norm = tf.math.divide_no_nan(gold, tf.reduce_sum(gold, axis=-1, keepdims=True))
     aligned = _aligned_row_mask(gold, row_mask)
     if cost_type == "ce":
@@ -187,17 +214,21 @@ def batch_normalizers(batch, params):
       dict of float32 scalars: ``tokens`` (Σ target_length), ``loss_normalizer`` (tokens if
       ``params.average_loss_in_time`` else the batch size) and ``aligned_tokens`` (rows
       t < target_length - 1 with at least one gold link; 0 without alignments or guided alignment).
+      With a ``weight`` [B] key (example weights) each example counts its weight times.
     """
     target_length = tf.cast(batch["target_length"], tf.int32)
-    tokens = tf.cast(tf.reduce_sum(target_length), tf.float32)
+    weight = batch.get("weight")
+    ones = tf.ones_like(target_length, tf.float32)
+    examples = ones if weight is None else tf.cast(weight, tf.float32)
+    tokens = tf.reduce_sum(tf.cast(target_length, tf.float32) * examples)
     if params.average_loss_in_time:
         loss_normalizer = tokens
     else:
-        loss_normalizer = tf.cast(tf.shape(target_length)[0], tf.float32)
+        loss_normalizer = tf.reduce_sum(examples)
     aligned_tokens = tf.constant(0.0, tf.float32)
     if params.guided_alignment_type and "alignment" in batch:
         gold = batch["alignment"]
-        _, gold, row_mask, _ = _alignment_rows(gold, gold, target_length - 1)
+        _, gold, row_mask, _ = _alignment_rows(gold, gold, target_length - 1, weight)
         aligned_tokens = tf.reduce_sum(_aligned_row_mask(gold, row_mask))
     return {"tokens": tokens, "loss_normalizer": loss_normalizer, "aligned_tokens": aligned_tokens}
 
@@ -207,7 +238,8 @@ def loss_terms(logits, attention, batch, params, training):
 
     Args:
       logits: [B, T, V]; attention: [B, T, S] guided-head probabilities (None without guided
-        alignment); batch: the batch dict (see seqtrain.data); training: smoothing on/off.
+        alignment); batch: the batch dict (see seqtrain.data; its optional ``weight`` [B]
+        scales every example's terms and counts); training: smoothing on/off.
 
     Returns:
       dict of float32 scalars: ``ce_sum``, ``tokens``, ``loss_normalizer``; with guided alignment
@@ -222,6 +254,7 @@ def loss_terms(logits, attention, batch, params, training):
         label_smoothing=params.label_smoothing,
         training=training,
         average_in_time=params.average_loss_in_time,
+        sequence_weight=batch.get("weight"),
     )
     terms = {"ce_sum": ce_sum, "tokens": tokens, "loss_normalizer": loss_normalizer}
     cost_type = params.guided_alignment_type
@@ -230,7 +263,12 @@ def loss_terms(logits, attention, batch, params, training):
     length_without_eos = target_length - 1
     if params.guided_alignment_normalization == "aligned_tokens":
         terms["ga_sum"], terms["aligned_tokens"] = guided_alignment_sum(
-            attention, batch["alignment"], length_without_eos, batch["source_length"], cost_type
+            attention,
+            batch["alignment"],
+            length_without_eos,
+            batch["source_length"],
+            cost_type,
+            sequence_weight=batch.get("weight"),
         )
     else:
         terms["ga_cost"] = guided_alignment_cost(
@@ -239,6 +277,7 @@ def loss_terms(logits, attention, batch, params, training):
             length_without_eos,
             cost_type=cost_type,
             weight=params.guided_alignment_weight,
+            sequence_weight=batch.get("weight"),
         )
     return terms
 
@@ -249,7 +288,8 @@ def objective(terms, global_normalizers, params):
 
     opennmt: (ce_sum + ga_cost) / global loss_normalizer (the reference: the micro-batch's
     alignment cost is added to its summed CE). aligned_tokens: ce_sum / global loss_normalizer +
-    weight · ga_sum / max(global aligned_tokens, 1) — independent of how the batch is split.
+    weight · ga_sum / global aligned_tokens (1 when that is 0) — independent of how the batch
+    is split.
     """
     normalizer = tf.cast(global_normalizers["loss_normalizer"], tf.float32)
     total = terms["ce_sum"]
@@ -257,7 +297,10 @@ def objective(terms, global_normalizers, params):
         total = total + terms["ga_cost"]
     value = total / normalizer
     if "ga_sum" in terms:
-        aligned = tf.maximum(tf.cast(global_normalizers["aligned_tokens"], tf.float32), 1.0)
+        # A zero count means no aligned row anywhere (every ga_sum is 0): divide by 1 then. Not
+        # max(count, 1): weighted counts (example weights) may be fractions below 1.
+        aligned = tf.cast(global_normalizers["aligned_tokens"], tf.float32)
+        aligned = tf.where(aligned > 0, aligned, 1.0)
         value = value + params.guided_alignment_weight * terms["ga_sum"] / aligned
     return value
 

@@ -218,6 +218,7 @@ def _datasets(config, strategy, corpus, skip_batches: int):
             config.train,  # batch_size is per replica, as in OpenNMT-tf
             input_context=context,
             with_alignment=bool(config.params.guided_alignment_type),
+            files_weights=config.data.train_files_weights,
         )
         return dataset.skip(skip_batches) if skip_batches else dataset
 

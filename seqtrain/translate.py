@@ -11,8 +11,8 @@
   linked to the source token the guided head attends to most (argmax over the real source
   tokens). With ``data.alignment_level: words`` the indices count whitespace words instead:
   words of the raw input line and of the printed translation; two words are linked if any of
-  their pieces are (source words of pieces: ``Tokenizer.tokenize_with_words``; target words: a
-  piece starting with "▁" opens a word, or one word per token without SentencePiece).
+  their pieces are (source words of pieces: ``tokenize_with_words``; target words:
+  ``word_of_pieces`` of the target tokenizer, see seqtrain/tokenizers.py).
 * soft ALIGNMENT: the guided head's attention, one row per target token (``</s>`` excluded),
   each row S source-token probabilities ``%.6f`` separated by spaces, rows separated by `` ; ``.
   Always over model tokens, whatever ``alignment_level``.
@@ -42,7 +42,7 @@ from seqtrain import alignment, data, decoding
 from seqtrain.errors import SeqtrainError
 from seqtrain.export import restore_model
 from seqtrain.search_rules import SearchOptions
-from seqtrain.vocab import SP_MARKER, UNK, read_text_lines
+from seqtrain.vocab import SP_MARKER, UNK, marker_words, read_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -141,16 +141,9 @@ def count_cut(hypotheses, params, what: str = "outputs") -> int:
 def target_word_of_piece(pieces, is_subword: bool) -> list[int]:
     """Word index of each output piece: "▁" opens a word (SentencePiece), else one word each.
 
-    A first piece without "▁" still belongs to word 0.
+    A first piece without "▁" still belongs to word 0. (Other tokenizers: ``word_of_pieces``.)
     """
-    if not is_subword:
-        return list(range(len(pieces)))
-    words, word = [], -1
-    for piece in pieces:
-        if word < 0 or piece.startswith(SP_MARKER):
-            word += 1
-        words.append(word)
-    return words
+    return marker_words(pieces, is_subword)
 
 
 def merge_to_words(links, source_word_of_piece, target_word_of_piece) -> set[tuple[int, int]]:
@@ -190,7 +183,7 @@ class TargetText:
         """Text of pieces; copied: some are source pieces (replace_unknown_target), which
         SentencePiece's decoder would not map back (its "▁" stays), so "▁" becomes a space here
         and the leading ones vanish, as the decoder does for its own pieces."""
-        if not (copied and self.tokenizer.is_subword):
+        if not (copied and self.tokenizer.kind == "sentencepiece"):  # joiners detokenize as is
             return self.tokenizer.detokenize(pieces)
         return "".join(pieces).lstrip(SP_MARKER).replace(SP_MARKER, " ")
 
@@ -224,7 +217,7 @@ def _render(
     elif with_alignments == "hard":
         pairs = decoding.hard_alignments(hyp.attention, *hyp.attention.shape, extraction)
         if source_words is not None:
-            tgt_words = target_word_of_piece(pieces, target.tokenizer.is_subword)
+            tgt_words = target.tokenizer.word_of_pieces(pieces)
             pairs = merge_to_words(pairs, source_words, tgt_words)
         links = format_links(pairs)
     return format_line(text, hyp.score if with_scores else None, links)

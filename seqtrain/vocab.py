@@ -158,6 +158,10 @@ class Tokenizer:
     def is_subword(self) -> bool:
         return self._sp is not None
 
+    @property
+    def kind(self) -> str:
+        return "sentencepiece" if self._sp is not None else "space"
+
     def identity(self) -> str:
         """'space' or 'sp:<sha256 of the model file>': part of data cache keys."""
         return self._identity
@@ -194,10 +198,29 @@ class Tokenizer:
             )
         return pieces, [k for k, word_pieces in enumerate(per_word) for _ in word_pieces]
 
+    def word_of_pieces(self, pieces: Sequence[str]) -> list[int]:
+        """Word of ``detokenize(pieces)`` of each piece (see ``marker_words``)."""
+        return marker_words(pieces, self._sp is not None)
+
     def detokenize(self, pieces: Sequence[str]) -> str:
         if self._sp is None:
             return " ".join(pieces)
         return self._sp.decode_pieces(list(pieces))
+
+
+def marker_words(pieces: Sequence[str], is_subword: bool) -> list[int]:
+    """Word index of each piece: "▁" opens a word (SentencePiece), else one word per token.
+
+    A first piece without "▁" still belongs to word 0.
+    """
+    if not is_subword:
+        return list(range(len(pieces)))
+    words, word = [], -1
+    for piece in pieces:
+        if word < 0 or piece.startswith(SP_MARKER):
+            word += 1
+        words.append(word)
+    return words
 
 
 def read_text_lines(path: str) -> Iterator[str]:

@@ -45,12 +45,15 @@ def convert(hint, value, fld, origin: str, name: str, nullable: bool = False):
     """Convert one YAML value to the annotated type, or raise a SeqtrainError naming the key."""
     origin_type = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin_type in (typing.Union, types.UnionType) and type(None) in args:
-        if value is None:
+    if origin_type in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return convert(inner, value, fld, origin, name, nullable=True)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # Union[str, a dataclass]: a mapping is the dataclass
+            inner = [a for a in inner if dataclasses.is_dataclass(a) == isinstance(value, dict)]
+        return convert(inner[0], value, fld, origin, name, nullable=True)
     if dataclasses.is_dataclass(hint):
+        value = getattr(hint, "normalize_yaml", lambda v: v)(value)  # a class's legacy forms
         return build_dataclass(hint, value, origin, f"{name}.")
     if origin_type is Literal:
         if value not in args:
@@ -60,6 +63,10 @@ def convert(hint, value, fld, origin: str, name: str, nullable: bool = False):
             allowed = ", ".join([str(a) for a in args] + (["null"] if nullable else []))
             raise SeqtrainError(f"{origin}: {name} = {value!r} is not valid; allowed: {allowed}")
         return value
+    if hint is dict or origin_type is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise SeqtrainError(f"{origin}: {name} must be a mapping of names to values")
+        return dict(value)
     if origin_type is tuple:
         if isinstance(value, str):
             value = [value]

@@ -409,7 +409,7 @@ def test_align_config_warns_sentencepiece_with_token_level(tmp_path, files, fake
     out = str(tmp_path / "a")
     config = _config(tmp_path, files, train_alignments=out, target_tokenization="t.model")
     align_words.align_config(config)
-    assert "data.target_tokenization is a SentencePiece model" in caplog.text
+    assert "data.target_tokenization is a subword tokenizer" in caplog.text
     assert "set data.alignment_level: words" in caplog.text
     caplog.clear()
     config = _config(

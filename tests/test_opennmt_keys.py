@@ -200,6 +200,15 @@ VARIANTS = [
     {"params": {"clip_gradients": 2.5}},
     {"eval": {"external_evaluators": "ChrF"}},  # scorer names are case-insensitive
     {"params": {"beam_width": 1, "sampling_topk": 5, "sampling_temperature": 0.7}},
+    {
+        "data": {
+            "train_features_file": ["a.src", "b.src"],
+            "train_labels_file": ["a.tgt", "b.tgt"],
+            "train_alignments": ["a.align", "b.align"],
+            "train_files_weights": [3, 1],
+            "example_weights": ["a.weights", "b.weights"],
+        }
+    },
 ]
 
 
@@ -215,11 +224,11 @@ def test_every_supported_key_at_once(tmp_path):
     assert c.model_dir == "run/ende" and c.auto_config is True
     assert (c.model.pre_norm, c.model.maximum_relative_position) == (False, 8)
     assert (c.data.train_features_file, c.data.train_labels_file) == (
-        "src-train.txt",
-        "tgt-train.txt",
+        ("src-train.txt",),  # one file = a list of one corpus
+        ("tgt-train.txt",),
     )
     assert (c.data.train_alignments, c.data.eval_features_file) == (
-        "alignments-train.txt",
+        ("alignments-train.txt",),
         "src-val.txt",
     )
     assert (c.data.eval_labels_file, c.data.source_vocabulary) == ("tgt-val.txt", "src-vocab.txt")
@@ -279,6 +288,11 @@ def test_every_supported_key_at_once(tmp_path):
     assert c.eval.scorers == ("chrf",)
     c, _ = load(tmp_path, EVERY_KEY, VARIANTS[3])  # sampling needs greedy search
     assert (c.params.sampling_topk, c.params.sampling_temperature) == (5, 0.7)
+    c, _ = load(tmp_path, EVERY_KEY, VARIANTS[4])  # several corpora
+    d = c.data
+    assert (d.train_features_file, d.train_labels_file) == (("a.src", "b.src"), ("a.tgt", "b.tgt"))
+    assert d.train_alignments == ("a.align", "b.align") and tuple(d.train_files_weights) == (3, 1)
+    assert d.example_weights == ("a.weights", "b.weights")
 
 
 def test_alias_and_its_key_together_is_an_error(tmp_path):
