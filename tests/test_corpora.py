@@ -184,7 +184,9 @@ def test_loss_terms_and_normalizers_with_example_weights():
         "weight": tf.constant(WEIGHTS),
     }
     logits = tf.zeros([2, 3, 6])
-    params = ParamsConfig(label_smoothing=0.0, guided_alignment_type="ce")
+    params = ParamsConfig(
+        label_smoothing=0.0, guided_alignment_type="ce", average_loss_in_time=True
+    )
     terms = losses.loss_terms(logits, tf.constant(ATTENTION), batch, params, training=True)
     weighted_tokens = 2 * 3 + 0.5 * 2  # 7
     assert float(terms["ce_sum"]) == pytest.approx(weighted_tokens * np.log(6), abs=1e-5)

@@ -86,7 +86,7 @@ def test_evaluator_word_level_aer_with_possible_links(chars, tmp_path, monkeypat
             "eval_alignments": str(tmp_path / "dev.align"), "alignment_level": "words",
         },
         "model": {"num_layers": 1, "num_units": 8, "num_heads": 2, "ffn_inner_dim": 8},
-        "eval": {"scorers": [], "batch_size": 8},
+        "eval": {"scorers": [], "batch_size": 8, "length_bucket_width": 0},  # one batch
     }, "test")  # fmt: skip
     eval_set = evaluate.EvalSet.load(config)
     assert eval_set.source_words == [[0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1]]
