@@ -371,6 +371,27 @@ def compile_search(model, beam_width=1, length_penalty=0.0, n_best=1, options=PL
     return search
 
 
+def compile_on_batches(fn):
+    """``fn(batch)`` as a tf.function of the five int32 batch tensors, any batch shape:
+    source_ids [B, S], source_length [B], target_in [B, T], target_out [B, T], target_length [B]
+    (the batch contract's keys, in that order)."""
+    matrix, vector = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
+
+    @tf.function(input_signature=[matrix, vector, matrix, matrix, vector])
+    def compiled(source_ids, source_length, target_in, target_out, target_length):
+        return fn(
+            {
+                "source_ids": source_ids,
+                "source_length": source_length,
+                "target_in": target_in,
+                "target_out": target_out,
+                "target_length": target_length,
+            }
+        )
+
+    return compiled
+
+
 def forced_decoding(model, batch):
     """Score a reference translation with teacher forcing (no dropout).
 

@@ -321,24 +321,15 @@ class Evaluator:
 
 def _compile_forward(model):
     """tf.function (any batch shape) -> (ce_sum, tokens, attention [B, T, S]) without dropout."""
-    matrix, vector = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
 
-    @tf.function(input_signature=[matrix, vector, matrix, matrix, vector])
-    def forward(source_ids, source_length, target_in, target_out, target_length):
-        batch = {
-            "source_ids": source_ids,
-            "source_length": source_length,
-            "target_in": target_in,
-            "target_out": target_out,
-            "target_length": target_length,
-        }
+    def forward(batch):
         logits, attention = model(batch, training=False)
         ce_sum, _, tokens = losses.cross_entropy_sequence_loss(
-            logits, target_out, target_length, training=False
+            logits, batch["target_out"], batch["target_length"], training=False
         )
         return ce_sum, tokens, attention
 
-    return forward
+    return decoding.compile_on_batches(forward)
 
 
 def write_best(model, model_dir: str, step: int, metric: str, metrics: dict) -> str:

@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from seqtrain import alignment, data, decoding
 from seqtrain.errors import SeqtrainError
@@ -90,20 +89,9 @@ class Scorer:
     def __init__(self, model, score_config):
         """score_config: ``config.score`` (batch_size, batch_type, length_bucket_width)."""
         self.config = score_config
-        matrix, vector = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
-
-        @tf.function(input_signature=[matrix, vector, matrix, matrix, vector])
-        def forward(source_ids, source_length, target_in, target_out, target_length):
-            batch = {
-                "source_ids": source_ids,
-                "source_length": source_length,
-                "target_in": target_in,
-                "target_out": target_out,
-                "target_length": target_length,
-            }
-            return decoding.forced_decoding(model, batch)
-
-        self._forward = forward
+        self._forward = decoding.compile_on_batches(
+            lambda batch: decoding.forced_decoding(model, batch)
+        )
 
     def __call__(self, pairs) -> list[ScoredPair]:
         """pairs: (source ids, target ids) sequences, both non-empty, no BOS/EOS."""
