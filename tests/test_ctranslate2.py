@@ -5,6 +5,7 @@ Fast tests use seeded untrained models (exact comparisons do not need a trained 
 one trains the tiny model with each alignment row and compares the engines along the CLI path.
 """
 
+import json
 import os
 import sys
 import typing
@@ -277,8 +278,10 @@ def test_trained_model_float32_and_int8_exports(tmp_path, row):
     run = write_config(tmp_path / "run.yml", config)
     proc = run_cli("train", "--config", run)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    best = str(tmp_path / "model" / "best")  # export/best holds these weights (same metric)
-    exported = str(tmp_path / "model" / "export" / "best")
+    best = str(tmp_path / "model" / "best")  # export/STEP of the best step holds these weights
+    with open(tmp_path / "model" / "best" / "best.json", encoding="utf-8") as f:
+        best_step = json.load(f)["step"]
+    exported = str(tmp_path / "model" / "export" / str(best_step))
     int8 = str(tmp_path / "int8")
     proc = run_cli("export", "--config", run, "--checkpoint_path", best,
                    "--format", "ctranslate2_int8", "--output_dir", int8)  # fmt: skip

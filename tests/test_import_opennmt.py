@@ -52,6 +52,8 @@ def seqtrain_config(tmp_path, model_dir, name="run.yml", **sections):
             "learning_rate": onmt["learning_rate"],
             "decay_params": onmt["decay_params"],
             "label_smoothing": onmt["label_smoothing"],
+            # explicit: seqtrain's default now follows OpenNMT-tf's (true only for token batches)
+            "average_loss_in_time": onmt["average_loss_in_time"],
             "guided_alignment_type": "ce",
             "beam_width": 1,
             "alignment_extraction": "argmax",  # OpenNMT-tf's hard alignments
