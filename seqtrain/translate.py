@@ -63,7 +63,8 @@ class Translator:
     ):
         """params: ``config.params`` (beam_width, length_penalty, maximum_decoding_length and its
         relative cap maximum_decoding_length_factor/offset). batching: the ``infer`` or ``eval``
-        section (batch_type, length_bucket_width); None: examples, sorted by length."""
+        section (batch_type, length_bucket_width); None: examples with length_bucket_width 1,
+        i.e. each batch holds sources of one length (OpenNMT-tf's bucketing at width 1)."""
         beam_width = params.beam_width if beam_width is None else beam_width
         if n_best > beam_width:
             raise SeqtrainError(
