@@ -11,13 +11,13 @@ import os
 import pytest
 import tensorflow as tf
 from conftest import make_corpus, write_config, write_lines
-from test_ctranslate2 import seeded_config, seeded_model
+from test_ctranslate2 import seeded_config, seeded_model, teacher_forced
 from test_score import COPY_WORDS, IN_TARGET_VOCAB, copy_model  # noqa: F401 (copy_model: a fixture)
 
 from seqtrain import cli, export, translate
 from seqtrain import config as cfg
 from seqtrain import ctranslate2_translate as engine
-from seqtrain.vocab import read_text_lines
+from seqtrain.vocab import Vocab, read_text_lines
 
 
 def read(path):
@@ -56,6 +56,38 @@ def test_minimum_length_gives_the_lines_of_tensorflow(tmp_path):
     expected = [min(4, len(source) + 1) for source in sources]
     assert [len(tokens) for tokens in outputs[4]] == expected
     assert min(expected) < 4 and max(expected) == 4  # both cases occur (sources of 2-9 words)
+
+
+def test_minimum_length_beam_scores_are_the_model_log_probabilities(tmp_path):
+    """Beam 3, 3-best, length penalty 0.6, minimum length 4, a limit of 1 x source + 1: each
+    printed score is TensorFlow's teacher-forced log-probability of the printed tokens (with
+    </s> when the output ended) / length^0.6 (CTranslate2's renormalized scores are replaced),
+    every output has min(4, its limit) tokens or more, and each 3-best list is best first."""
+    paths = make_corpus(str(tmp_path / "data"))
+    params = {"beam_width": 3, "length_penalty": 0.6, "minimum_decoding_length": 4,
+              "maximum_decoding_length_factor": 1.0,
+              "maximum_decoding_length_offset": 1}  # fmt: skip
+    config = seeded_config(paths, tmp_path / "m", params=params)
+    model = seeded_model(config, eos_bias=4.0)
+    directory = export.export_model(config, model, str(tmp_path / "ct2"), "ctranslate2")
+    out = str(tmp_path / "beam.txt")
+    engine.translate_command(directory, paths["dev.src"], out, with_scores=True, n_best=3)
+    printed = [line.split(" ||| ") for line in read(out)]
+    sources = [line.split() for line in read(paths["dev.src"]) for _ in range(3)]
+    targets = [text.split() for _, text in printed]
+    vocabs = Vocab.load(paths["src.vocab"]), Vocab.load(paths["tgt.vocab"])
+    log_probs, _ = teacher_forced(model, *vocabs, sources, targets)
+    ended = 0
+    for k, (source, target) in enumerate(zip(sources, targets)):
+        limit = len(source) + 1
+        assert min(4, limit) <= len(target) <= limit
+        length = len(target) + (len(target) < limit)  # </s> scored when the output ended
+        ended += len(target) < limit
+        expected = log_probs[k, :length].sum() / length**0.6
+        assert float(printed[k][0]) == pytest.approx(expected, abs=1e-4), k
+    assert ended > 0  # outputs that ended with </s> after the minimum, not only cut ones
+    scores = [float(score) for score, _ in printed]
+    assert all(scores[k] >= scores[k + 1] >= scores[k + 2] for k in range(0, len(scores), 3))
 
 
 def test_thread_options_belong_to_the_ctranslate2_engine(tmp_path, capsys):
@@ -163,6 +195,8 @@ def test_inter_threads_print_the_same_lines(copy_export, tmp_path):
         assert cli.main(argv) == 0
         outputs.append(read(out))
     assert outputs[0] == outputs[1] and len(outputs[0]) == 80
+    scores = [float(line.split(" ||| ")[0]) for line in outputs[0]]
+    assert all(scores[k] >= scores[k + 1] for k in range(0, 80, 2))  # best first after rescoring
     sources = read(paths["dev.src"])
     cut = [k for k, line in enumerate(outputs[0][::2]) if len(line.split(" ||| ")[1].split()) == 4]
     assert any(len(sources[k].split()) > 4 for k in cut)  # some outputs were cut and rescored
