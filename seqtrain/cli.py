@@ -151,6 +151,11 @@ def cmd_translate(args) -> None:
     if args.engine == "ctranslate2":
         _translate_ctranslate2(args)
         return
+    if args.inter_threads is not None or args.intra_threads is not None:
+        raise SeqtrainError(
+            "--inter_threads / --intra_threads set CTranslate2's threads: give them with "
+            "--engine ctranslate2 --model_dir EXPORT, or leave them out"
+        )
     if not args.config:  # --model_dir then overrides the config's, as OpenNMT-tf
         raise SeqtrainError(
             "give --config (TensorFlow checkpoints), or --engine ctranslate2 --model_dir EXPORT"
@@ -190,6 +195,13 @@ def _translate_ctranslate2(args) -> None:
             "--engine ctranslate2 needs --model_dir EXPORT (from seqtrain export --format "
             "ctranslate2…), not --checkpoint_path"
         )
+    if (args.inter_threads is not None and args.inter_threads < 1) or (
+        args.intra_threads is not None and args.intra_threads < 0
+    ):
+        raise SeqtrainError(
+            "--inter_threads takes a number >= 1 and --intra_threads >= 0 (0: CTranslate2's "
+            f"default), not {args.inter_threads} / {args.intra_threads}"
+        )
     overrides = _load(args) if args.config else None  # its params and infer sections win
     from seqtrain import ctranslate2_translate
 
@@ -201,6 +213,8 @@ def _translate_ctranslate2(args) -> None:
         with_scores=args.with_scores,
         n_best=args.n_best,
         overrides=overrides,
+        inter_threads=args.inter_threads,
+        intra_threads=1 if args.intra_threads is None else args.intra_threads,
     )
 
 
@@ -381,6 +395,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--with_alignments", choices=["hard", "soft"])
     p.add_argument("--with_scores", action="store_true")
     p.add_argument("--n_best", type=int)
+    p.add_argument("--inter_threads", type=int, help="ctranslate2: batches decoded in parallel "
+                   "(default: the number of CPUs)")  # fmt: skip
+    p.add_argument("--intra_threads", type=int, help="ctranslate2: threads per batch (default 1)")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("score", help="score and align given translations (forced decoding)")

@@ -9,13 +9,20 @@ settings of the run); a ``--config`` given as well overrides params and infer. L
 Decoding follows ``seqtrain.translate.Translator``:
 
 * ``params.beam_width`` (1 = greedy), ``infer.n_best``, ``infer.batch_size`` sentences per batch
-  sorted by length; empty inputs are not decoded; no minimum length (a model may stop at once);
+  sorted by length; empty inputs are not decoded;
+* ``params.minimum_decoding_length`` N is CTranslate2's ``min_decoding_length`` N: in CTranslate2
+  4.8 too ``</s>`` is forbidden at the steps 0 .. N-1 (N tokens, then ``</s>``: its minimum does
+  not count the end token). Where N exceeds a batch's decoding length it is lowered to it (the
+  limit wins, as in the TensorFlow searches). CTranslate2 then scores a step over the tokens
+  left (its probabilities renormalized without ``</s>``), seqtrain and OpenNMT-tf with the
+  model's: the hypotheses are rescored (below), and beam search may rank them differently;
 * length limits: each sentence gets ``decoding.length_limits``' limit L = min(hard cap,
   floor(factor × S) + offset); CTranslate2 has one limit per batch, so the batch decodes up to
   its largest L + 1 tokens and each hypothesis is cut to its own L (``cut`` when it has L
   tokens, as the TensorFlow searches). For greedy search this is exactly the output of a search
   stopped at L (a greedy prefix does not depend on the limit); a beam search may keep other
-  hypotheses than one limited to L. Scores of cut hypotheses are recomputed on their L tokens;
+  hypotheses than one limited to L. Scores of cut hypotheses are recomputed on their L tokens
+  (``score_batch``, run by the workers too), and n-best lists re-sorted by the scores printed;
 * scores: greedy, the sum of the token log-probabilities (``</s>`` included), as seqtrain;
   beam search, CTranslate2's length normalization sum / length^``params.length_penalty`` (it
   has no GNMT penalty), so beam scores and, rarely, choices differ from the TensorFlow engine;
@@ -24,7 +31,14 @@ Decoding follows ``seqtrain.translate.Translator``:
   ``model.alignment_row: predicting`` target token t takes row t, with ``reading`` row t + 1
   (the step that reads it; the last token's is the ``</s>`` step, or the step after the cut):
   the rows training supervised, as every engine of seqtrain. ``model.alignment_context: full``
-  models were supervised on a non-causal pass CTranslate2 cannot run: alignments are refused.
+  models were supervised on a non-causal pass CTranslate2 cannot run: alignments are refused;
+* ``params.replace_unknown_target``: each ``<unk>`` becomes the source piece its row (above)
+  attends to most, by ``translate``'s own code (attention is requested for it);
+* threads: all batches are submitted at once (``asynchronous``) to ``inter_threads`` workers
+  (default: the CPUs this process may use) of ``intra_threads`` threads each (default 1), and
+  collected in order: a batch's output does not depend on the worker that decodes it. On a
+  small model one thread per batch and one batch per core is faster than several threads on
+  one batch (measured: README, CTranslate2).
 """
 
 from __future__ import annotations
@@ -91,12 +105,29 @@ def length_limit(source_length: int, params) -> int:
     )
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class CTranslate2Translator:
     """Decodes token lists with ``ctranslate2.Translator``; ``translate.Hypothesis`` results."""
 
-    def __init__(self, model_dir: str, config, n_best: int = 1, with_attention=False, threads=0):
-        """config: the export's settings (``load_settings``); threads: CTranslate2's
-        intra_threads (0 = its default)."""
+    def __init__(
+        self,
+        model_dir: str,
+        config,
+        n_best: int = 1,
+        with_attention=False,
+        inter_threads: int | None = None,
+        intra_threads: int = 1,
+    ):
+        """config: the export's settings (``load_settings``); with_attention: compute the rows
+        of the guided head (alignments, replace_unknown_target); inter_threads: batches decoded
+        in parallel (None: ``usable_cpus()``); intra_threads: threads per batch (0: CTranslate2's
+        default)."""
         params = config.params
         if n_best > params.beam_width:
             raise SeqtrainError(
@@ -104,7 +135,10 @@ class CTranslate2Translator:
                 "--n_best / infer.n_best or raise params.beam_width"
             )
         ctranslate2 = require_ctranslate2()
-        self.translator = ctranslate2.Translator(model_dir, device="cpu", intra_threads=threads)
+        self.inter_threads = inter_threads or usable_cpus()
+        self.translator = ctranslate2.Translator(
+            model_dir, device="cpu", inter_threads=self.inter_threads, intra_threads=intra_threads
+        )
         self.target_vocab = Vocab.load(config.data.target_vocabulary)
         self.params, self.n_best, self.batch_size = params, n_best, config.infer.batch_size
         self.with_attention = with_attention
@@ -113,38 +147,50 @@ class CTranslate2Translator:
         self.length_penalty = params.length_penalty if params.beam_width > 1 else 0.0
 
     def __call__(self, source_token_lists) -> list[list[Hypothesis]]:
-        """source_token_lists: token lists (no BOS/EOS) -> n_best Hypothesis per input, in order."""
+        """source_token_lists: token lists (no BOS/EOS) -> n_best Hypothesis per input, in order.
+
+        Every batch is queued before the first is read, so the workers decode them in parallel.
+        """
         empty = Hypothesis(np.zeros(0, np.int32), 0.0, np.zeros((0, 0), np.float32))
         results = [[empty] * self.n_best for _ in source_token_lists]
         nonempty = [i for i, tokens in enumerate(source_token_lists) if tokens]
         order = sorted(nonempty, key=lambda i: len(source_token_lists[i]))
-        for start in range(0, len(order), self.batch_size):
-            indices = order[start : start + self.batch_size]
-            sources = [source_token_lists[i] for i in indices]
-            for i, hyps in zip(indices, self._batch(sources)):
-                results[i] = hyps
+        sources = [source_token_lists[i] for i in order]
+        size = self.batch_size
+        batches = [sources[k : k + size] for k in range(0, len(sources), size)]
+        pending = [self._submit(batch) for batch in batches]
+        hyps = [row for batch, job in zip(batches, pending) for row in self._collect(batch, job)]
+        self._rescore(sources, hyps)
+        for i, row in zip(order, hyps):
+            results[i] = [h for h, _ in row]
         return results
 
-    def _batch(self, sources):
+    def _submit(self, sources):
+        """Queues one batch -> (per-sentence length limits, its async results)."""
         limits = [length_limit(len(tokens), self.params) for tokens in sources]
-        outputs = self.translator.translate_batch(
+        longest = max(limits) + 1  # + 1: the reading row of a cut last token
+        futures = self.translator.translate_batch(
             sources,
+            asynchronous=True,
             beam_size=self.params.beam_width,
             num_hypotheses=self.n_best,
             length_penalty=self.length_penalty,
-            max_decoding_length=max(limits) + 1,  # + 1: the reading row of a cut last token
-            min_decoding_length=0,
+            max_decoding_length=longest,
+            min_decoding_length=min(self.params.minimum_decoding_length, longest),
             max_input_length=0,  # never truncate a source silently
             return_scores=True,
             return_attention=self.with_attention,
             return_end_token=True,
         )
-        hyps = [
-            [self._hypothesis(out, j, limit, len(src)) for j in range(self.n_best)]
-            for out, limit, src in zip(outputs, limits, sources)
+        return limits, futures
+
+    def _collect(self, sources, pending):
+        """Waits for one batch -> per sentence, n_best (Hypothesis, its tokens)."""
+        limits, futures = pending
+        return [
+            [self._hypothesis(future.result(), j, limit, len(src)) for j in range(self.n_best)]
+            for future, limit, src in zip(futures, limits, sources)
         ]
-        self._rescore_cut(sources, hyps)
-        return [[h for h, _ in row] for row in hyps]
 
     def _hypothesis(self, output, j: int, limit: int, source_length: int):
         """(Hypothesis, its tokens) of hypothesis j: cut to ``limit`` tokens, alignment rows of
@@ -162,19 +208,43 @@ class CTranslate2Translator:
         ids = self.target_vocab.ids(tokens)
         return Hypothesis(ids, float(output.scores[j]), attention, cut), tokens
 
-    def _rescore_cut(self, sources, hyps) -> None:
-        """Scores of the cut hypotheses on their first L tokens (their decoding ran further)."""
-        cut = [(b, j) for b, row in enumerate(hyps) for j, (h, _) in enumerate(row) if h.cut]
-        if not cut:
+    def _rescore(self, sources, hyps) -> None:
+        """Model scores of the hypotheses CTranslate2 scored otherwise: cut ones on their first
+        L tokens (their decoding ran further), and with a minimum length all of them (CTranslate2
+        renormalizes a step's probabilities without ``</s>``; seqtrain, as OpenNMT-tf, keeps the
+        model's). Normalized as CTranslate2: by the length, ``</s>`` included when it ends.
+        The n-best lists stay best first (by the scores printed)."""
+        minimum = self.params.minimum_decoding_length > 0
+        picked = [
+            (b, j) for b, row in enumerate(hyps) for j, (h, _) in enumerate(row) if h.cut or minimum
+        ]
+        if not picked:
             return
-        scored = self.translator.score_batch(
-            [sources[b] for b, _ in cut], [hyps[b][j][1] for b, j in cut], max_input_length=0
+        scored = self.translator.score_batch(  # split into batches run by the workers
+            [sources[b] for b, _ in picked],
+            [hyps[b][j][1] for b, j in picked],
+            max_batch_size=self.batch_size,
+            max_input_length=0,
         )
-        for (b, j), result in zip(cut, scored):
+        for (b, j), result in zip(picked, scored):
             hyp, tokens = hyps[b][j]
-            total = float(sum(result.log_probs[: len(tokens)]))  # without the appended </s>
-            norm = len(tokens) ** self.length_penalty if self.length_penalty else 1.0
+            length = len(tokens) + (not hyp.cut)  # the appended </s> counts unless cut
+            total = float(sum(result.log_probs[:length]))
+            norm = length**self.length_penalty if self.length_penalty else 1.0
             hyps[b][j] = (dataclasses.replace(hyp, score=total / norm), tokens)
+        for b in {b for b, _ in picked}:
+            hyps[b].sort(key=lambda pair: -pair[0].score)  # stable: ties keep CTranslate2's order
+
+
+def refuse_full_context(config, model_dir: str) -> None:
+    """Alignment rows (alignments, replace_unknown_target) need a causal guided head."""
+    if config.model.alignment_context == "full":
+        raise SeqtrainError(
+            f"{model_dir}: the model was trained with model.alignment_context: full (alignments "
+            "from a non-causal decoder pass that CTranslate2 cannot run); translate without "
+            "--with_alignments and params.replace_unknown_target, or with the TensorFlow "
+            "engine (seqtrain translate --config)"
+        )
 
 
 def translate_command(
@@ -185,25 +255,27 @@ def translate_command(
     with_scores: bool = False,
     n_best: int | None = None,
     overrides=None,
+    inter_threads: int | None = None,
+    intra_threads: int = 1,
 ) -> None:
     """``seqtrain translate --engine ctranslate2 --model_dir EXPORT``: ``seqtrain.translate``'s
-    output lines; options unset fall back to the export's (or ``overrides``') infer section."""
+    output lines; options unset fall back to the export's (or ``overrides``') infer section.
+    inter_threads / intra_threads: ``CTranslate2Translator``'s."""
     config = load_settings(model_dir, overrides)
     infer = config.infer
     with_alignments = with_alignments or infer.with_alignments
     with_scores = with_scores or infer.with_scores
     n_best = n_best or infer.n_best
-    if with_alignments and config.model.alignment_context == "full":
-        raise SeqtrainError(
-            f"{model_dir}: the model was trained with model.alignment_context: full (alignments "
-            "from a non-causal decoder pass that CTranslate2 cannot run); translate without "
-            "--with_alignments, or with the TensorFlow engine (seqtrain translate --config)"
-        )
+    copy = config.params.replace_unknown_target
+    if with_alignments or copy:
+        refuse_full_context(config, model_dir)
     src_tok, tgt_tok, _, tgt_vocab = load_tokenizers_and_vocabs(config)
     word_level = with_alignments == "hard" and config.data.alignment_level == "words"
     lines = list(read_text_lines(features_file))
     pieces, source_words = translate.tokenize_lines(lines, src_tok, word_level, features_file)
-    translator = CTranslate2Translator(model_dir, config, n_best, with_alignments is not None)
+    translator = CTranslate2Translator(
+        model_dir, config, n_best, bool(with_alignments or copy), inter_threads, intra_threads
+    )
     start = time.time()
     hypotheses = translator(pieces)
     elapsed = time.time() - start
@@ -217,13 +289,15 @@ def translate_command(
     with out as stream:
         for i, hyps in enumerate(hypotheses):
             words = source_words[i] if source_words is not None else None
+            copy_from = pieces[i] if copy else None  # translate's replacement of <unk>
             for hyp in hyps:
                 line = translate._render(
-                    hyp, target, with_alignments, with_scores, words, extraction
+                    hyp, target, with_alignments, with_scores, words, extraction, copy_from
                 )
                 stream.write(line + "\n")
     tokens = sum(len(hyps[0].ids) for hyps in hypotheses)
     logger.info(
-        "Translated %d lines with CTranslate2 (%s) in %.1f s (%.0f target tokens/s)",
-        len(lines), model_dir, elapsed, tokens / max(elapsed, 1e-9),
+        "Translated %d lines with CTranslate2 (%s, %d x %d threads) in %.1f s (%.0f target "
+        "tokens/s)", len(lines), model_dir, translator.inter_threads, intra_threads, elapsed,
+        tokens / max(elapsed, 1e-9),
     )  # fmt: skip
