@@ -247,6 +247,25 @@ def refuse_full_context(config, model_dir: str) -> None:
         )
 
 
+def refuse_unsupported_search(params, model_dir: str) -> None:
+    """Decoding keys this engine does not apply are refused rather than silently ignored."""
+    unsupported = [
+        f"params.{key} = {value}"
+        for key, value, default in (
+            ("sampling_topk", params.sampling_topk, 1),
+            ("sampling_temperature", params.sampling_temperature, 1.0),
+            ("coverage_penalty", params.coverage_penalty, 0.0),
+        )
+        if value != default
+    ]
+    if unsupported:
+        raise SeqtrainError(
+            f"{model_dir}: {', '.join(unsupported)} is not applied by the CTranslate2 engine "
+            "(its sampling and coverage penalty differ from seqtrain's); reset it to its default "
+            "or translate with the TensorFlow engine (seqtrain translate --config)"
+        )
+
+
 def translate_command(
     model_dir: str,
     features_file: str,
@@ -267,6 +286,7 @@ def translate_command(
     with_scores = with_scores or infer.with_scores
     n_best = n_best or infer.n_best
     copy = config.params.replace_unknown_target
+    refuse_unsupported_search(config.params, model_dir)
     if with_alignments or copy:
         refuse_full_context(config, model_dir)
     src_tok, tgt_tok, _, tgt_vocab = load_tokenizers_and_vocabs(config)

@@ -109,6 +109,32 @@ def test_thread_options_belong_to_the_ctranslate2_engine(tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 40
 
 
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ({"beam_width": 1, "sampling_topk": 5}, "params.sampling_topk = 5"),
+        ({"beam_width": 1, "sampling_temperature": 0.5}, "params.sampling_temperature = 0.5"),
+        ({"coverage_penalty": 0.2}, "params.coverage_penalty = 0.2"),
+    ],
+)
+def test_keys_the_engine_cannot_apply_are_refused(tmp_path, capsys, override, named):
+    """Sampling and the coverage penalty: one line naming the key, exit 2, no output file."""
+    paths = make_corpus(str(tmp_path / "data"))
+    config = seeded_config(paths, tmp_path / "m")
+    directory = export.export_model(config, seeded_model(config), str(tmp_path / "ct2"),
+                                    "ctranslate2")  # fmt: skip
+    raw = cfg.to_dict(config)
+    raw["params"].update(override)
+    run = write_config(tmp_path / "run.yml", raw)
+    out = tmp_path / "out.txt"
+    argv = ["translate", "--engine", "ctranslate2", "--model_dir", directory, "--config", run,
+            "--features_file", paths["dev.src"], "--predictions_file", str(out)]  # fmt: skip
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and named in error and "TensorFlow engine" in error
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- trained copy model (slow)
 
 
