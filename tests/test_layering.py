@@ -33,6 +33,7 @@ STAGES = [
     {"evaluate", "score"},
     {"trainer"},
     {"import_opennmt"},
+    {"cli_parser"},
     {"cli"},
 ]
 STAGE_OF = {name: i for i, names in enumerate(STAGES) for name in names}
