@@ -33,14 +33,14 @@ def _overrides(args) -> dict:
 
 def _load(args, command: str | None = None):
     from seqtrain import config as cfg
-    from seqtrain import presets
+    from seqtrain import config_checks, presets
 
     resolve = presets.resolver(args.model_type, args.auto_config)
     config = cfg.load_config(args.config, _overrides(args), resolve=resolve)
     origin = " + ".join(args.config)
-    cfg.check(config, origin)
+    config_checks.check(config, origin)
     if command:
-        cfg.check_files(config, command, origin)
+        config_checks.check_files(config, command, origin)
         from seqtrain import tokenizers  # no TensorFlow: bad tokenizer options fail instantly
 
         for side in ("source", "target"):

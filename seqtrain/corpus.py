@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqtrain import alignment
-from seqtrain.config import Config, check_corpora
+from seqtrain.config import Config
+from seqtrain.config_checks import check_corpora
 from seqtrain.errors import SeqtrainError
 from seqtrain.vocab import read_text_lines
 

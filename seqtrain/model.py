@@ -40,7 +40,7 @@ Incremental decoding returns per-*step* attention; ``alignment_shift`` says how 
 import tensorflow as tf
 
 from seqtrain.blocks import DecoderLayer, EncoderLayer
-from seqtrain.config import check_model
+from seqtrain.config_checks import check_model
 from seqtrain.errors import SeqtrainError
 from seqtrain.layers import (
     Dense,

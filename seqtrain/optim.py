@@ -13,6 +13,7 @@ correction uses t = iterations AFTER the increment (t = 1 for the first update).
 import tensorflow as tf
 
 from seqtrain import config as cfg
+from seqtrain import config_checks
 from seqtrain.schedules import (  # noqa: F401  (re-exported: the optimizer's learning rate)
     NoamDecay,
     ScheduleWrapper,
@@ -326,7 +327,7 @@ def make_optimizer(params: cfg.ParamsConfig) -> LazyAdam:
     schedule = learning_rate_schedule(
         params.learning_rate,
         params.decay_type,
-        cfg.decay_arguments(params),
+        config_checks.decay_arguments(params),
         params.start_decay_steps,
         params.decay_step_duration,
         params.minimum_learning_rate,

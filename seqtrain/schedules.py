@@ -9,7 +9,7 @@ import math
 
 import tensorflow as tf
 
-from seqtrain import config as cfg
+from seqtrain import config_checks
 from seqtrain.errors import SeqtrainError
 
 
@@ -143,7 +143,7 @@ def learning_rate_schedule(
     """
     if decay_type is None:
         return float(learning_rate)
-    arguments = cfg.schedule_arguments(
+    arguments = config_checks.schedule_arguments(
         decay_type, dict(decay_params or {}), learning_rate, "params.decay_params"
     )
     schedule = SCHEDULE_CLASSES[decay_type](**arguments)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from seqtrain import config as cfg
+from seqtrain import config_checks
 from seqtrain.errors import SeqtrainError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,10 +85,10 @@ def test_errors_name_file_and_key(tmp_path, text, expected):
 def test_cross_field_checks(tmp_path):
     p = write(tmp_path / "a.yml", "model_dir: r\nmodel: {num_units: 10, num_heads: 3}\n")
     with pytest.raises(SeqtrainError, match="divisible"):
-        cfg.check(cfg.load_config([p]))
+        config_checks.check(cfg.load_config([p]))
     p = write(tmp_path / "b.yml", "model_dir: r\nparams: {guided_alignment_type: ce}\n")
     with pytest.raises(SeqtrainError, match="train_alignments"):
-        cfg.check(cfg.load_config([p]))
+        config_checks.check(cfg.load_config([p]))
 
 
 def test_missing_file_is_reported(tmp_path):
@@ -95,7 +96,7 @@ def test_missing_file_is_reported(tmp_path):
         tmp_path / "a.yml", f"model_dir: {tmp_path}/run\ndata:\n  train_features_file: nope.txt\n"
     )
     with pytest.raises(SeqtrainError, match="data.train_labels_file is required"):
-        cfg.check_files(cfg.load_config([p]), "train")
+        config_checks.check_files(cfg.load_config([p]), "train")
 
 
 def test_saved_config_round_trips(tmp_path):
@@ -133,7 +134,7 @@ def test_cli_exit_2_one_line_nothing_written(tmp_path, text):
 @pytest.mark.parametrize("name", ["quickstart.yml", "transformer-base.yml", "reference.yml"])
 def test_shipped_configs_are_valid(name):
     config = cfg.load_config([os.path.join(ROOT, "config", name)])
-    cfg.check(config)
+    config_checks.check(config)
     if name == "transformer-base.yml":
         assert (config.model.num_layers, config.model.num_units, config.model.num_heads) == (
             6,
@@ -141,5 +142,5 @@ def test_shipped_configs_are_valid(name):
             8,
         )
         assert config.params.optimizer_params.beta_2 == 0.998
-        assert cfg.decay_arguments(config.params)["warmup_steps"] == 8000
+        assert config_checks.decay_arguments(config.params)["warmup_steps"] == 8000
         assert config.train.effective_batch_size == 25000

@@ -10,6 +10,7 @@ STAGES = [
     {"errors", "opennmt_keys"},
     {"yamltypes"},
     {"config", "aer"},
+    {"config_checks"},
     {"presets"},
     {"vocab", "batching"},
     {"tokenizers"},

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from seqtrain import cli, opennmt_keys
+from seqtrain import cli, config_checks, opennmt_keys
 from seqtrain import config as cfg
 from seqtrain.errors import SeqtrainError
 from seqtrain.opennmt_keys import Status
@@ -43,7 +43,7 @@ def load(tmp_path, *documents):
         path.write_text(yaml.safe_dump(document), encoding="utf-8")
         paths.append(str(path))
     config = cfg.load_config(paths)
-    cfg.check(config, " + ".join(paths))
+    config_checks.check(config, " + ".join(paths))
     return config, " + ".join(paths)
 
 
@@ -247,7 +247,7 @@ def test_every_supported_key_at_once(tmp_path):
     assert (c.model.dropout, c.model.attention_dropout, c.model.ffn_dropout) == (0.3, 0.3, 0.3)
     assert p.average_loss_in_time is False
     assert p.decay_type == "RNMTPlusDecay"
-    assert cfg.decay_arguments(p) == {
+    assert config_checks.decay_arguments(p) == {
         "scale": 0.5, "num_replicas": 4, "warmup_steps": 600, "start_step": 7, "end_step": 9
     }  # fmt: skip
     assert (p.decay_step_duration, p.start_decay_steps, p.minimum_learning_rate) == (2, 50, 0.0001)
@@ -305,11 +305,15 @@ def test_alias_and_its_key_together_is_an_error(tmp_path):
 def test_opennmt_derived_defaults(tmp_path):
     c, _ = load(tmp_path, {"model_dir": "r"})
     assert c.params.average_loss_in_time is True  # batch_type tokens (seqtrain's default)
-    assert cfg.decay_arguments(c.params) == {"scale": 2.0, "model_dim": 512, "warmup_steps": 8000}
+    assert config_checks.decay_arguments(c.params) == {
+        "scale": 2.0,
+        "model_dim": 512,
+        "warmup_steps": 8000,
+    }
     c, _ = load(tmp_path, {"model_dir": "r", "train": {"batch_type": "examples"}})
     assert c.params.average_loss_in_time is False  # OpenNMT-tf: true only with tokens
     c, _ = load(tmp_path, {"model_dir": "r", "params": {"decay_type": "CosineAnnealing"}})
-    assert cfg.decay_arguments(c.params) == {
+    assert config_checks.decay_arguments(c.params) == {
         "eta_max": 2.0, "eta_min": 0.0, "max_step": 1000000, "warmup_steps": None
     }  # fmt: skip
     with pytest.raises(SeqtrainError, match=r"RsqrtDecay takes scale, warmup_steps \(unknown: "):

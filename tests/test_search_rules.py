@@ -9,6 +9,7 @@ import tensorflow as tf
 from test_decoding import TableModel, log_softmax
 
 from seqtrain import config as cfg
+from seqtrain import config_checks
 from seqtrain.decoding import BOS_ID, EOS_ID, compile_search
 from seqtrain.errors import SeqtrainError
 from seqtrain.search_rules import SearchOptions, coverage_penalty
@@ -74,10 +75,10 @@ def test_topk_sampling_emits_only_the_k_best_with_their_log_probabilities():
 def test_sampling_needs_greedy_search():
     params = cfg.ParamsConfig(sampling_topk=0, beam_width=4)
     with pytest.raises(SeqtrainError, match="beam_width"):
-        cfg.check_decoding(params)
+        config_checks.check_decoding(params)
     with pytest.raises(SeqtrainError, match="sampling_temperature"):
-        cfg.check_decoding(cfg.ParamsConfig(sampling_temperature=0.0))
-    cfg.check_decoding(cfg.ParamsConfig(sampling_topk=0, beam_width=1))
+        config_checks.check_decoding(cfg.ParamsConfig(sampling_temperature=0.0))
+    config_checks.check_decoding(cfg.ParamsConfig(sampling_topk=0, beam_width=1))
 
 
 def test_coverage_penalty_by_hand():
