@@ -6,7 +6,9 @@ averaged over the seeds: BLEU and chrF (sacrebleu, default settings, on the toke
 it is), the output/reference length ratio (whitespace tokens, corpus level), the outputs at the
 hard cap (``maximum_decoding_length`` tokens, 250), the outputs seqtrain's length guard cut
 (``maximum_decoding_length_factor``/``offset``: as long as min(250, factor * S + offset); for
-OpenNMT-tf, which has no guard, the same count at 250), and the training loss around steps
+OpenNMT-tf, which has no guard, the same count at 250), the outputs of either tool at least
+min(250, 2 * S + 10) words long (runaways by one yardstick: S source words, seqtrain's default
+guard), and the training loss around steps
 100 and 200 and at the end (mean of the 10 steps ending there; both tools log every step, so
 the figures are per-step losses in both: with longer log windows seqtrain prints the window's
 mean and OpenNMT-tf its last step, which differ early in training).
@@ -157,12 +159,16 @@ def score(predictions: str, reference: str, source: str, cap: int, guard) -> dic
     limits = [cap] * len(hyps)
     if guard is not None and guard[0] is not None:
         limits = [min(cap, max(int(guard[0] * len(x.split())) + guard[1], 1)) for x in srcs]
+    # The same yardstick for both tools: outputs as long as seqtrain's default guard allows
+    # (min(250, 2 x source words + 10)); OpenNMT-tf's runaways stop at 250 only.
+    runaway = [min(cap, 2 * len(x.split()) + 10) for x in srcs]
     return {
         "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
         "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
         "length_ratio": sum(lengths) / max(sum(len(r.split()) for r in refs), 1),
         "at_cap": sum(n >= cap for n in lengths),
         "cut": sum(n >= limit for n, limit in zip(lengths, limits)),
+        "runaway": sum(n >= limit for n, limit in zip(lengths, runaway)),
     }
 
 
@@ -186,6 +192,7 @@ COLUMNS = (
     ("length_ratio", "output/reference length", "{:.3f}"),
     ("at_cap", "at the 250 cap", "{:g}"),
     ("cut", "cut at the limit", "{:g}"),
+    ("runaway", "≥ 2·S+10 words", "{:g}"),
     ("loss@100", "loss@100", "{:.3f}"),
     ("loss@200", "loss@200", "{:.3f}"),
     ("final_loss", "final loss", "{:.3f}"),
