@@ -31,13 +31,18 @@ def _overrides(args) -> dict:
     return {**out, "train": train} if train else out
 
 
-def _load(args, command: str | None = None):
+def _load(args, command: str | None = None, files=None):
+    """The --config files' Config; files: other YAML files (score's --reverse_config), read
+    without the command line's overrides and --model_type."""
     from seqtrain import config as cfg
     from seqtrain import config_checks, presets
 
-    resolve = presets.resolver(args.model_type, args.auto_config)
-    config = cfg.load_config(args.config, _overrides(args), resolve=resolve)
-    origin = " + ".join(args.config)
+    if files:
+        config = cfg.load_config(files, {}, resolve=presets.resolver(None, args.auto_config))
+    else:
+        resolve = presets.resolver(args.model_type, args.auto_config)
+        config = cfg.load_config(args.config, _overrides(args), resolve=resolve)
+    origin = " + ".join(files or args.config)
     config_checks.check(config, origin)
     if command:
         config_checks.check_files(config, command, origin)
@@ -148,16 +153,28 @@ def cmd_translate(args) -> None:
 
 def cmd_score(args) -> None:
     config = _load(args, "infer")
-    from seqtrain import score
-
-    score.score_command(
-        config,
+    options = dict(
         features_file=args.features_file,
         predictions_file=args.predictions_file,
         output_file=args.output_file,
         checkpoint_path=args.checkpoint_path,
         with_alignments=args.with_alignments,
         with_token_level=args.with_token_level,
+    )
+    if not args.reverse_config:
+        from seqtrain import score
+
+        return score.score_command(config, **options)
+    if not (args.with_alignments or config.score.with_alignments):
+        raise SeqtrainError(
+            "--reverse_config combines the two models' alignments: give --with_alignments hard "
+            "or soft (or set score.with_alignments)"
+        )
+    reverse = _load(args, "infer", files=args.reverse_config)
+    from seqtrain import score_bidir
+
+    score_bidir.bidir_score_command(
+        config, reverse, reverse_checkpoint_path=args.reverse_checkpoint_path, **options
     )
 
 

@@ -129,6 +129,14 @@ def _decoding_commands(sub, handlers) -> None:
     p.add_argument("--checkpoint_path")
     p.add_argument("--with_alignments", choices=["hard", "soft"])
     p.add_argument("--with_token_level", action="store_true", help="per-token scores too")
+    p.add_argument(
+        "--reverse_config",
+        nargs="+",
+        metavar="YML",
+        help="a model trained in the other direction: average the two guided heads "
+        "(needs --with_alignments)",
+    )
+    p.add_argument("--reverse_checkpoint_path", help="default: the reverse model_dir's newest")
     p.set_defaults(func=handlers.cmd_score)
 
     p = sub.add_parser("plot-alignment", help="heatmaps of the guided head, one PNG per pair")

@@ -18,6 +18,9 @@ score format:
   ``translate`` does: hard links by ``params.alignment_extraction``, merged to words with
   ``data.alignment_level: words``; soft rows over model tokens.
 
+With ``--reverse_config`` a second model trained in the other direction is run on the swapped
+pairs by the same ``teacher_forced`` and the two heads are averaged: ``seqtrain.score_bidir``.
+
 Pairs are scored in length-sorted batches (``score.batch_size``/``batch_type``, no batch crossing
 a ``score.length_bucket_width`` bucket). Both files are read and checked first: a line-count
 mismatch or an empty line is an error naming the file and line, and nothing is written.
@@ -132,6 +135,72 @@ def _check_line_counts(features_file: str, predictions_file: str, sources, targe
         )
 
 
+@dataclass
+class ForcedRun:
+    """One model run teacher-forced on the pairs of two files; per-line lists in input order.
+
+    source_pieces/target_pieces: the tokenizer's pieces of each line; source_words/target_words:
+    the word index of each piece (``tokenize_with_words``), or None unless asked for.
+    """
+
+    targets: list[str]
+    pairs: list  # (source ids, target ids) of each line
+    scored: list[ScoredPair]
+    source_pieces: list
+    target_pieces: list
+    source_words: list | None
+    target_words: list | None
+    target_vocab: object
+    path: str
+    elapsed: float
+
+    def log(self) -> None:
+        tokens = sum(len(t) + 1 for _, t in self.pairs)
+        logger.info(
+            "Scored %d pairs with %s in %.1f s (%.0f target tokens/s)",
+            len(self.pairs), self.path, self.elapsed, tokens / max(self.elapsed, 1e-9),
+        )  # fmt: skip
+
+
+def teacher_forced(
+    config, features_file: str, predictions_file: str, checkpoint_path=None, with_words=False
+) -> ForcedRun:
+    """Reads and checks both files (nothing run on a bad line), then runs the model of
+    ``config`` teacher-forced on every (line k of features_file, line k of predictions_file);
+    the same path for ``score``'s model and for ``--reverse_config``'s on the swapped files."""
+    src_tok, tgt_tok, src_vocab, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
+    sources, targets = list(read_text_lines(features_file)), list(read_text_lines(predictions_file))
+    _check_line_counts(features_file, predictions_file, sources, targets)
+    examples = alignment.read_parallel(
+        features_file, predictions_file, None, src_tok, tgt_tok, src_vocab, tgt_vocab
+    )  # validates: empty lines are errors naming the file and line
+    pairs = [(ex.source_ids, ex.target_ids) for ex in examples]
+    source_pieces, source_words = tokenize_lines(sources, src_tok, with_words, features_file)
+    target_pieces, target_words = tokenize_lines(targets, tgt_tok, with_words, predictions_file)
+    model, path = restore_model(config, checkpoint_path)
+    start = time.time()
+    scored = Scorer(model, config.score)(pairs)
+    return ForcedRun(
+        targets, pairs, scored, source_pieces, target_pieces, source_words, target_words,
+        tgt_vocab, path, time.time() - start,
+    )  # fmt: skip
+
+
+def output_lines(run: ForcedRun, words: bool, with_token_level: bool, alignments) -> list[str]:
+    """The score lines of a run; alignments: the ALIGNMENT field of each line, or None each.
+
+    words: TARGET is the line itself and TOKEN_SCORES are per word (run.target_words needed).
+    """
+    lines = []
+    for i, pair in enumerate(run.scored):
+        text = run.targets[i] if words else " ".join(run.target_vocab.tokens(run.pairs[i][1]))
+        token_scores = pair.nll[:-1] if with_token_level else None
+        if with_token_level and words:
+            token_scores = np.bincount(run.target_words[i], weights=pair.nll[:-1])
+        lines.append(format_score_line(pair, text, token_scores, alignments[i]))
+    return lines
+
+
 def score_command(
     config,
     features_file: str,
@@ -144,47 +213,25 @@ def score_command(
     """``seqtrain score``: see the module docstring; unset options fall back to ``config.score``."""
     with_alignments = with_alignments or config.score.with_alignments
     with_token_level = with_token_level or config.score.with_token_level
-    src_tok, tgt_tok, src_vocab, tgt_vocab = alignment.load_tokenizers_and_vocabs(config)
-    sources, targets = list(read_text_lines(features_file)), list(read_text_lines(predictions_file))
-    _check_line_counts(features_file, predictions_file, sources, targets)
-    examples = alignment.read_parallel(
-        features_file, predictions_file, None, src_tok, tgt_tok, src_vocab, tgt_vocab
-    )  # validates: empty lines are errors naming the file and line
-    pairs = [(ex.source_ids, ex.target_ids) for ex in examples]
     words = config.data.alignment_level == "words"
-    source_words = target_words = None
-    if words:
-        _, source_words = tokenize_lines(sources, src_tok, True, features_file)
-        _, target_words = tokenize_lines(targets, tgt_tok, True, predictions_file)
-    model, path = restore_model(config, checkpoint_path)
-    start = time.time()
-    scored = Scorer(model, config.score)(pairs)
-    elapsed = time.time() - start
-    lines = []
+    run = teacher_forced(config, features_file, predictions_file, checkpoint_path, words)
     extraction = config.params.alignment_extraction
-    for i, pair in enumerate(scored):
-        text = targets[i] if words else " ".join(tgt_vocab.tokens(pairs[i][1]))
-        token_scores = pair.nll[:-1] if with_token_level else None
-        if with_token_level and words:
-            token_scores = np.bincount(target_words[i], weights=pair.nll[:-1])
+    alignments = []
+    for i, pair in enumerate(run.scored):
         links = None
         if with_alignments == "soft":
             links = format_soft(pair.attention)
         elif with_alignments == "hard":
             links = decoding.hard_alignments(pair.attention, *pair.attention.shape, extraction)
             if words:
-                links = merge_to_words(links, source_words[i], target_words[i])
+                links = merge_to_words(links, run.source_words[i], run.target_words[i])
             links = format_links(links)
-        lines.append(format_score_line(pair, text, token_scores, links))
-    _write(lines, output_file)
-    tokens = sum(len(t) + 1 for _, t in pairs)
-    logger.info(
-        "Scored %d pairs with %s in %.1f s (%.0f target tokens/s)",
-        len(pairs), path, elapsed, tokens / max(elapsed, 1e-9),
-    )  # fmt: skip
+        alignments.append(links)
+    write_output(output_lines(run, words, with_token_level, alignments), output_file)
+    run.log()
 
 
-def _write(lines, output_file: str | None) -> None:
+def write_output(lines, output_file: str | None) -> None:
     """To output_file (whole or nothing: a temporary file renamed) or standard output."""
     if not output_file:
         stream = contextlib.nullcontext(sys.stdout)

@@ -32,6 +32,7 @@ STAGES = [
     {"eval_outputs", "ctranslate2_translate"},
     {"alignment_plot"},
     {"evaluate", "score"},
+    {"score_bidir"},
     {"trainer"},
     {"import_opennmt"},
     {"cli_parser"},
