@@ -161,15 +161,12 @@ def cmd_score(args) -> None:
         with_alignments=args.with_alignments,
         with_token_level=args.with_token_level,
     )
+    if args.reverse_checkpoint_path and not args.reverse_config:
+        raise SeqtrainError("--reverse_checkpoint_path needs --reverse_config (the reverse model)")
     if not args.reverse_config:
         from seqtrain import score
 
         return score.score_command(config, **options)
-    if not (args.with_alignments or config.score.with_alignments):
-        raise SeqtrainError(
-            "--reverse_config combines the two models' alignments: give --with_alignments hard "
-            "or soft (or set score.with_alignments)"
-        )
     reverse = _load(args, "infer", files=args.reverse_config)
     from seqtrain import score_bidir
 

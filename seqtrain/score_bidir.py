@@ -10,7 +10,8 @@ with the forward config's ``params.alignment_extraction`` (``intersection``: mut
 Units: model pieces when the two models cut every line of both files into the same pieces and
 ``data.alignment_level`` is ``tokens``; otherwise whitespace words, each matrix first merged by
 ``alignment_plot.merge_matrix`` (sum over a source word's pieces, mean over a target word's), and
-the output is then at the words level (TARGET the line itself, TOKEN_SCORES per word). SCORE and
+the output is then at the words level (word links or rows, TARGET the line itself,
+TOKEN_SCORES per word); soft rows are refused when the tokenizations differ. SCORE and
 TOKEN_SCORES are the forward model's. The combination helps only when both heads were trained
 with guided alignment; a reverse model without one still runs (its attention rows are averaged).
 """

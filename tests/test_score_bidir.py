@@ -174,20 +174,33 @@ def test_different_tokenizations_combine_words_and_refuse_soft(two_untrained, tm
         assert all(i < len(s.split()) and j < len(t.split()) for i, j in links)
 
 
-def test_reverse_config_without_alignments_is_an_error(two_untrained, tmp_path):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ("--reverse_config", "{rev}"),
+            "--reverse_config combines the two models' alignments: give --with_alignments hard "
+            "or soft (or set score.with_alignments)",
+        ),
+        (
+            ("--with_alignments", "hard", "--reverse_checkpoint_path", "{rev}"),
+            "--reverse_checkpoint_path needs --reverse_config (the reverse model)",
+        ),
+    ],
+)
+def test_cli_errors_exit_2_in_one_line(two_untrained, tmp_path, flags, message):
     forward, reverse, corpus = two_untrained
     fwd = write_config(tmp_path / "fwd.yml", cfg.to_dict(forward))
     rev = write_config(tmp_path / "rev.yml", cfg.to_dict(reverse))
+    out = tmp_path / "out.txt"
     proc = run_cli(
         "score", "--config", fwd, "--features_file", corpus["dev.src"],
-        "--predictions_file", corpus["dev.tgt"], "--reverse_config", rev,
+        "--predictions_file", corpus["dev.tgt"], "--output_file", str(out),
+        *(flag.format(rev=rev) for flag in flags),
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line == (
-        "seqtrain score: error: --reverse_config combines the two models' alignments: give "
-        "--with_alignments hard or soft (or set score.with_alignments)"
-    )
+    assert proc.stderr.strip().splitlines()[-1] == f"seqtrain score: error: {message}"
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- trained models (slow)
