@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from seqtrain import corpus as corpus_module
 from seqtrain import data, losses
-from seqtrain.config import Config, ParamsConfig, TrainConfig, build, check
+from seqtrain.config import Config, ParamsConfig, TrainConfig, build
+from seqtrain.config_checks import check
 from seqtrain.errors import SeqtrainError
 
 
