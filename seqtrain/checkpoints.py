@@ -118,6 +118,32 @@ def reason(error: BaseException) -> str:
     return re.sub(r"\s*\[Op:\w+\]$", "", text)
 
 
+def replace_directory(output_dir: str, write, what: str, errors=(OSError,)) -> str:
+    """Writes a directory as a whole: ``write(tmp)`` fills a sibling temporary directory, which
+    then replaces output_dir. On ``errors`` (a full disk, a read-only folder) the temporary one is
+    removed and a SeqtrainError naming ``what`` says whether a previous output_dir is unchanged;
+    on anything else it is removed too and the error goes on. Returns the absolute output_dir."""
+    output_dir = os.path.abspath(output_dir)
+    tmp = f"{output_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except errors as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
+        kept = "the previous export there is unchanged" if os.path.exists(output_dir) else ""
+        raise SeqtrainError(
+            f"{output_dir}: cannot write the {what} ({reason(e)}); "
+            f"{kept or 'nothing was written'}: free disk space and run export again"
+        ) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(output_dir):
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+    return output_dir
+
+
 def mismatch_message(path: str, error: BaseException) -> str:
     return (
         f"{path} does not match the model of this configuration ({reason(error)}); use the "

@@ -184,23 +184,8 @@ def export_ctranslate2(config, model, output_dir: str, quantization: str | None 
             "non-causal decoder pass that CTranslate2 does not run; this export translates, but "
             "translate --engine ctranslate2 refuses --with_alignments (use the TensorFlow engine)"
         )
-    output_dir = os.path.abspath(output_dir)
-    tmp = f"{output_dir}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write(config, model, tmp, quantization)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
-        kept = "the previous export there is unchanged" if os.path.exists(output_dir) else ""
-        raise SeqtrainError(
-            f"{output_dir}: cannot write the CTranslate2 model ({checkpoints.reason(e)}); "
-            f"{kept or 'nothing was written'}: free disk space and run export again"
-        ) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
+    output_dir = checkpoints.replace_directory(
+        output_dir, lambda tmp: _write(config, model, tmp, quantization), "CTranslate2 model"
+    )
     logger.info("Exported CTranslate2 model (%s) to %s", quantization or "float32", output_dir)
     return output_dir

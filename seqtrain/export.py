@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 
 import tensorflow as tf
 
@@ -235,22 +234,13 @@ def export_model(config, model, output_dir: str, export_format: str = "saved_mod
         quantization = ctranslate2_export.quantization_of(export_format)
         return ctranslate2_export.export_ctranslate2(config, model, output_dir, quantization)
     module = TranslateModule(config, model)
-    output_dir = os.path.abspath(output_dir)
-    tmp = f"{output_dir}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     signatures = {"translate": module.translate, "serving_default": module.translate}
-    try:
-        _write_saved_model(config, module, tmp, signatures)
-    except (tf.errors.OpError, OSError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written export behind
-        kept = "the previous export there is unchanged" if os.path.exists(output_dir) else ""
-        raise SeqtrainError(
-            f"{output_dir}: cannot write the SavedModel ({checkpoints.reason(e)}); "
-            f"{kept or 'nothing was written'}: free disk space and run export again"
-        ) from e
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
+    output_dir = checkpoints.replace_directory(
+        output_dir,
+        lambda tmp: _write_saved_model(config, module, tmp, signatures),
+        "SavedModel",
+        errors=(tf.errors.OpError, OSError),
+    )
     logger.info("Exported SavedModel to %s", output_dir)
     return output_dir
 
