@@ -43,12 +43,10 @@ Decoding follows ``seqtrain.translate.Translator``:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -301,20 +299,8 @@ def translate_command(
     elapsed = time.time() - start
     translate.count_cut(hypotheses, config.params)
     target = translate.TargetText(tgt_tok, tgt_vocab)
-    if predictions_file:
-        out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-    else:
-        out = contextlib.nullcontext(sys.stdout)
-    extraction = config.params.alignment_extraction
-    with out as stream:
-        for i, hyps in enumerate(hypotheses):
-            words = source_words[i] if source_words is not None else None
-            copy_from = pieces[i] if copy else None  # translate's replacement of <unk>
-            for hyp in hyps:
-                line = translate._render(
-                    hyp, target, with_alignments, with_scores, words, extraction, copy_from
-                )
-                stream.write(line + "\n")
+    translate.write_lines(hypotheses, pieces, source_words, target, config.params,
+                          predictions_file, with_alignments, with_scores)  # fmt: skip
     tokens = sum(len(hyps[0].ids) for hyps in hypotheses)
     logger.info(
         "Translated %d lines with CTranslate2 (%s, %d x %d threads) in %.1f s (%.0f target "

@@ -224,6 +224,28 @@ def _render(
     return format_line(text, hyp.score if with_scores else None, links)
 
 
+def write_lines(
+    hypotheses, pieces, source_words, target, params, predictions_file, with_alignments, with_scores
+) -> None:
+    """The output lines of every engine: n_best lines per input, in input order, to
+    predictions_file (None: standard output). pieces: the source pieces of each input (the
+    copies of params.replace_unknown_target); source_words: word of each piece, or None."""
+    if predictions_file:
+        out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    else:
+        out = contextlib.nullcontext(sys.stdout)
+    extraction, copy = params.alignment_extraction, params.replace_unknown_target
+    with out as stream:
+        for i, hyps in enumerate(hypotheses):
+            words = source_words[i] if source_words is not None else None
+            copy_from = pieces[i] if copy else None
+            for hyp in hyps:
+                line = _render(
+                    hyp, target, with_alignments, with_scores, words, extraction, copy_from
+                )
+                stream.write(line + "\n")
+
+
 def tokenize_lines(lines, tokenizer, with_words: bool, path: str):
     """Raw lines -> (pieces per line, word_of_piece per line or None)."""
     if not with_words:
@@ -269,20 +291,8 @@ def translate_command(
     elapsed = time.time() - start
     count_cut(hypotheses, config.params)
     target = TargetText(tgt_tok, tgt_vocab)
-    if predictions_file:
-        out = open(predictions_file, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-    else:
-        out = contextlib.nullcontext(sys.stdout)
-    extraction, copy = config.params.alignment_extraction, config.params.replace_unknown_target
-    with out as stream:
-        for i, hyps in enumerate(hypotheses):
-            words = source_words[i] if source_words is not None else None
-            copy_from = pieces[i] if copy else None
-            for hyp in hyps:
-                line = _render(
-                    hyp, target, with_alignments, with_scores, words, extraction, copy_from
-                )
-                stream.write(line + "\n")
+    write_lines(hypotheses, pieces, source_words, target, config.params, predictions_file,
+                with_alignments, with_scores)  # fmt: skip
     tokens = sum(len(hyps[0].ids) for hyps in hypotheses)
     logger.info(
         "Translated %d lines with %s in %.1f s (%.0f target tokens/s)",
