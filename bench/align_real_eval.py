@@ -1,11 +1,12 @@
 """Scores every checkpoint of one bench/align_real.py run (run by it, one process per run).
 
 For each checkpoint: on the gold set (the run's data.eval_* files) the guided head's links by
-forced decoding of the references, extracted as argmax per target token (what ``seqtrain eval``
-reports by default), with ``params.alignment_extraction: intersection`` (links that are also
-their source token's best target token) and as every source token whose row-normalized
-attention is ≥ ``--threshold``; the
-gold-set BLEU; dev CE on the valid subset, and its BLEU (beam 4) at the last checkpoint.
+forced decoding of the references as ``seqtrain eval`` extracts them (the run's
+``params.alignment_extraction``, intersection by default), and from the head's rows: argmax
+per target token, intersection, and every source token whose row-normalized attention is ≥
+``--threshold`` (token-level runs only: with ``alignment_level: words`` the rows are pieces and
+only the evaluator's word links are reported); the gold-set BLEU; dev CE on the valid subset (per
+model token: pieces for a subword run), and its BLEU (beam 4) at the last checkpoint.
 
     python bench/align_real_eval.py MODEL_DIR --valid VALID.de VALID.en --output scores.json
 """
@@ -87,7 +88,15 @@ def main() -> None:
         record["valid_ce"] = figures["loss"]
         if "bleu" in figures:
             record["valid_bleu"] = figures["bleu"]
-        if "aer" in gold:
+        if "aer" in gold and config.data.alignment_level == "words":
+            # The model's rows are pieces: only the evaluator's word links (its extraction,
+            # merged to the gold's words) are comparable; the piece-level columns are left out.
+            record.update({k: gold[k] for k in ("aer", "precision", "recall")})
+            if config.params.alignment_extraction == "intersection":
+                record.update(
+                    {f"{k}_intersection": gold[k] for k in ("aer", "precision", "recall")}
+                )
+        elif "aer" in gold:
             record.update({k: gold[k] for k in ("aer", "precision", "recall")})
             rows = soft_rows(model, gold_set, config.eval.batch_size)
             for name, links in (
