@@ -74,7 +74,6 @@ SUBWORDS = {
 }
 FIRST_ROUND = tuple(VARIANTS)  # the default variants
 VARIANTS["readl0"] = READING_L0
-VARIANTS["columns"] = {**READING_L0, "params.guided_alignment_columns": True}
 VARIANTS["subwords"] = {**READING_L0, **SUBWORDS}
 
 

@@ -189,8 +189,6 @@ class ParamsConfig:
     guided_alignment_weight: float = _opt(1.0, minimum=0.0)  # weight of the alignment cost
     guided_alignment_normalization: Literal["opennmt", "aligned_tokens"] = "opennmt"  # reference
     # (cost added to the summed CE) or aligned_tokens (per aligned token, split-invariant)
-    guided_alignment_columns: bool = False  # aligned_tokens + ce: also supervise each linked
-    # source token's attention over the target tokens (column-normalized), per aligned target token
     clip_gradients: Optional[float] = _opt(None, minimum=0.0)  # global-norm clip, null = off
     beam_width: int = _opt(4, minimum=1)  # 1 = greedy decoding
     length_penalty: float = _opt(0.6, minimum=0.0)  # GNMT alpha for beam search (0 = off)

@@ -81,15 +81,6 @@ def check(config: Config, origin: str = "<config>") -> None:
             f"{origin}: params.guided_alignment_type is '{config.params.guided_alignment_type}' "
             "but data.train_alignments is not set; give a Pharaoh file or set it to null"
         )
-    params = config.params
-    if params.guided_alignment_columns and (
-        params.guided_alignment_type != "ce"
-        or params.guided_alignment_normalization != "aligned_tokens"
-    ):
-        raise SeqtrainError(
-            f"{origin}: params.guided_alignment_columns needs guided_alignment_type: ce and "
-            "guided_alignment_normalization: aligned_tokens"
-        )
     check_corpora(config.data, origin)
 
 

@@ -171,63 +171,30 @@ def _aligned_row_mask(gold, row_mask):
     return has_link * row_mask
 
 
-def _column_cost_sum(attention, gold, row_mask):
-    """Σ over linked source columns of w_b·(-Σ_t Gc·log Ac): each column's gold links and its
-    attention over the real target rows, both normalized over t (Ac clipped as the rows are).
-
-    Args: attention, gold [B, T, S] (rows already dropped to T = len_t max); row_mask [B, T] with
-    each real row holding its example's weight. Returns a float32 scalar.
-    """
-    real = tf.cast(row_mask > 0, tf.float32)[:, :, tf.newaxis]
-    weight = tf.reduce_max(row_mask, axis=1)[:, tf.newaxis]  # [B, 1]: w_b (0 if no real row)
-    columns = tf.transpose(attention * real, [0, 2, 1])  # [B, S, T]
-    gold_columns = tf.transpose(gold * real, [0, 2, 1])
-    gold_norm = tf.math.divide_no_nan(
-        gold_columns, tf.reduce_sum(gold_columns, axis=-1, keepdims=True)
-    )
-    cost = -tf.reduce_sum(gold_norm * _renormalized_log(columns), axis=-1)  # [B, S]
-    return tf.reduce_sum(cost * weight)
-
-
 def guided_alignment_sum(
-    attention,
-    gold,
-    target_length_without_eos,
-    source_length,
-    cost_type,
-    sequence_weight=None,
-    columns=False,
+    attention, gold, target_length_without_eos, source_length, cost_type, sequence_weight=None
 ):
     """Unweighted guided-alignment cost summed over aligned target tokens (``aligned_tokens``).
 
     Each gold row is normalized to sum 1 (1/#links); only real rows (t < len_t) with at least one
     link count. ``ce``: -Σ_s Gn·log A (A renormalized, clipped); ``mse``: mean over the real source
-    positions (s < source_length) of (Gn - A)². With ``columns`` (``ce`` only) the sum also holds
-    the same cross-entropy for every linked source column, the column's attention over the real
-    target rows renormalized (``params.guided_alignment_columns``); the count stays the aligned
-    target tokens.
+    positions (s < source_length) of (Gn - A)².
 
     Args:
       attention: [B, T, S] probabilities; gold: [B, T, S] binary links;
       target_length_without_eos: int [B]; source_length: int [B]; cost_type: "ce" or "mse";
-      sequence_weight: float [B] example weights w_b or None (all 1); columns: bool.
+      sequence_weight: float [B] example weights w_b or None (all 1).
 
     Returns:
-      (ga_sum, aligned_tokens), float32 scalars: Σ w_b·rowcost (+ Σ w_b·columncost) and Σ w_b
-      over the aligned rows.
+      (ga_sum, aligned_tokens), float32 scalars: Σ w_b·rowcost and Σ w_b over the aligned rows.
     """
     attention, gold, row_mask, _ = _alignment_rows(
         attention, gold, target_length_without_eos, sequence_weight
     )
     gold_norm = tf.math.divide_no_nan(gold, tf.reduce_sum(gold, axis=-1, keepdims=True))
     aligned = _aligned_row_mask(gold, row_mask)
-    if columns and cost_type != "ce":
-        raise ValueError("guided_alignment_columns needs guided_alignment_type ce")
     if cost_type == "ce":
         row_cost = -tf.reduce_sum(gold_norm * _renormalized_log(attention), axis=-1)
-        if columns:
-            total = tf.reduce_sum(row_cost * aligned) + _column_cost_sum(attention, gold, row_mask)
-            return total, tf.reduce_sum(aligned)
     elif cost_type == "mse":
         source_mask = tf.sequence_mask(
             source_length, maxlen=tf.shape(attention)[2], dtype=tf.float32
@@ -302,7 +269,6 @@ def loss_terms(logits, attention, batch, params, training):
             batch["source_length"],
             cost_type,
             sequence_weight=batch.get("weight"),
-            columns=params.guided_alignment_columns,
         )
     else:
         terms["ga_cost"] = guided_alignment_cost(

@@ -162,13 +162,10 @@ def diagonal_corpus(directory, lines, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "row,columns", [("reading", False), ("predicting", False), ("reading", True)]
-)
-def test_model_trained_on_diagonal_links_prints_them(tmp_path, row, columns):
+@pytest.mark.parametrize("row", ["reading", "predicting"])
+def test_model_trained_on_diagonal_links_prints_them(tmp_path, row):
     """Trained on "target word k <-> source word k", translate --with_alignments hard and eval
-    (forced decoding) print exactly those links: training and inference read the same row (also
-    with the column term of params.guided_alignment_columns)."""
+    (forced decoding) print exactly those links: training and inference read the same row."""
     paths = diagonal_corpus(str(tmp_path / "data"), lines=400)
     config = tiny_config(
         paths,
@@ -178,7 +175,6 @@ def test_model_trained_on_diagonal_links_prints_them(tmp_path, row, columns):
         # argmax links: one per target token, so every gold link can be printed (intersection
         # drops links of repeated words, which this corpus has).
         params={"guided_alignment_normalization": "aligned_tokens", "beam_width": 1,
-                "guided_alignment_columns": columns,
                 "alignment_extraction": "argmax",
                 "learning_rate": 2.0, "decay_params": {"model_dim": 32, "warmup_steps": 100}},
         train={"max_step": 400, "save_checkpoints_steps": 400, "save_summary_steps": 100},

@@ -23,7 +23,6 @@ def make_params(**overrides):
         "guided_alignment_type": None,
         "guided_alignment_weight": 1.0,
         "guided_alignment_normalization": "opennmt",
-        "guided_alignment_columns": False,
     }
     values.update(overrides)
     return types.SimpleNamespace(**values)
@@ -417,7 +416,7 @@ def split_gradients(params, batch, logits, scores, parts):
 @pytest.mark.parametrize("average_in_time", [True, False])
 @pytest.mark.parametrize(
     "normalization,cost_type",
-    [("opennmt", None), ("aligned_tokens", "ce"), ("aligned_tokens", "mse"), ("columns", "ce")],
+    [("opennmt", None), ("aligned_tokens", "ce"), ("aligned_tokens", "mse")],
 )
 def test_objective_split_gradient_equals_whole_batch(normalization, cost_type, average_in_time):
     rng = np.random.default_rng(9)
@@ -427,8 +426,7 @@ def test_objective_split_gradient_equals_whole_batch(normalization, cost_type, a
         average_loss_in_time=average_in_time,
         guided_alignment_type=cost_type,
         guided_alignment_weight=0.7,
-        guided_alignment_normalization="aligned_tokens" if cost_type else "opennmt",
-        guided_alignment_columns=normalization == "columns",
+        guided_alignment_normalization=normalization,
     )
     logits = tf.Variable(rng.normal(size=[4, 6, 7]).astype(np.float32))
     scores = tf.Variable(rng.normal(size=[4, 6, 4]).astype(np.float32))
