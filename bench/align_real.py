@@ -9,19 +9,23 @@ LazyAdam (0.9, 0.998), learning rate 2.0 × Noam (model_dim 256, warmup 4000), l
 Each variant (``--variant NAME key=value ...``, dotted config keys; ``off`` turns guided
 alignment off) trains with ``seqtrain train`` and evaluates at steps 500, 1000, 1500 on
 europarl-deen-gold-dev (100 sentences, sure links): AER / precision / recall of the guided head
-by forced decoding of the references (argmax per target word, and links whose row-normalized
-attention is ≥ 0.5 as a second extraction), dev CE and BLEU (beam 4) on the first
+by forced decoding of the references (as ``seqtrain eval`` extracts them, and from the head's
+rows: argmax, intersection, row-normalized attention ≥ 0.5), dev CE and BLEU (beam 4) on the first
 ``--valid-lines`` lines of onmt-toy-ende's valid set (lowercased), printed side by side with the
 supervisor (the shipped eflomal + grow-diag-final-and links of the gold sentences, AER 20.4).
 
-    python bench/align_real.py --jobs 2                 # the default variants
+    python bench/align_real.py --jobs 2                 # the default variants (first round)
+    python bench/align_real.py --variants readl0 subwords --jobs 2   # words vs subwords
+    python bench/align_real.py --variant readl0s2 model.alignment_row=reading \
+        model.alignment_layer=0 params.guided_alignment_normalization=aligned_tokens train.seed=2
     python bench/align_real.py --variants baseline reading --jobs 2
     python bench/align_real.py --variant w2 model.alignment_row=reading \
         params.guided_alignment_weight=2
 
 Runs, configs and per-run JSON go to ``--workdir`` (default ~/.cache/seqtrain-bench/align_real);
-a finished run is reused unless ``--force``. The table is printed at the end and written to
-``WORKDIR/table.md``.
+a finished run is reused unless ``--force``. A value ``files:NAME`` is a prepared file (e.g.
+``files:de.spm.model``, the German SentencePiece model of the ``subwords`` variant). The table is
+printed at the end and written to ``WORKDIR/table.md``.
 """
 
 from __future__ import annotations

@@ -88,16 +88,16 @@ def main() -> None:
         record["valid_ce"] = figures["loss"]
         if "bleu" in figures:
             record["valid_bleu"] = figures["bleu"]
+        if "aer" in gold:
+            record.update({k: gold[k] for k in ("aer", "precision", "recall")})
         if "aer" in gold and config.data.alignment_level == "words":
             # The model's rows are pieces: only the evaluator's word links (its extraction,
             # merged to the gold's words) are comparable; the piece-level columns are left out.
-            record.update({k: gold[k] for k in ("aer", "precision", "recall")})
             if config.params.alignment_extraction == "intersection":
                 record.update(
                     {f"{k}_intersection": gold[k] for k in ("aer", "precision", "recall")}
                 )
         elif "aer" in gold:
-            record.update({k: gold[k] for k in ("aer", "precision", "recall")})
             rows = soft_rows(model, gold_set, config.eval.batch_size)
             for name, links in (
                 ("threshold", [threshold_links(m, args.threshold) for m in rows]),
