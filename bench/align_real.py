@@ -150,6 +150,14 @@ def lowercase_copy(source: str, destination: str, lines: int | None = None) -> s
     return destination
 
 
+def build_vocab(text: str, save_vocab: str, made: str, *flags: str) -> None:
+    """``seqtrain build-vocab TEXT --size 8000 --save_vocab SAVE_VOCAB FLAGS`` unless the file
+    ``made`` exists (a SentencePiece run's --save_vocab is a prefix)."""
+    if not os.path.exists(made):
+        cmd = [sys.executable, "-m", "seqtrain.cli", "build-vocab", text, "--size", "8000"]
+        subprocess.run(cmd + ["--save_vocab", save_vocab, *flags], check=True)
+
+
 def prepare(data_dir: str, workdir: str, valid_lines: int) -> dict:
     """Lowercased train/valid copies (token positions unchanged, so the links stay valid),
     the gold set and 8000-word vocabularies, built once in WORKDIR/data."""
@@ -173,16 +181,11 @@ def prepare(data_dir: str, workdir: str, valid_lines: int) -> dict:
             os.path.join(out, f"valid{valid_lines}.{lang}"),
             valid_lines,
         )
-        vocab = os.path.join(out, f"{lang}.8000.vocab")
-        if not os.path.exists(vocab):
-            cmd = [sys.executable, "-m", "seqtrain.cli", "build-vocab", files[f"train.{lang}"]]
-            subprocess.run(cmd + ["--save_vocab", vocab, "--size", "8000"], check=True)
-        files[f"{lang}.vocab"] = vocab
+        train_text, vocab = files[f"train.{lang}"], os.path.join(out, f"{lang}.8000.vocab")
+        build_vocab(train_text, vocab, vocab)
         prefix = os.path.join(out, f"{lang}.spm")
-        if not os.path.exists(prefix + ".vocab"):
-            cmd = [sys.executable, "-m", "seqtrain.cli", "build-vocab", files[f"train.{lang}"]]
-            cmd += ["--sentencepiece", "--save_vocab", prefix, "--size", "8000"]
-            subprocess.run(cmd, check=True)
+        build_vocab(train_text, prefix, prefix + ".vocab", "--sentencepiece")
+        files[f"{lang}.vocab"] = vocab
         files[f"{lang}.spm.model"], files[f"{lang}.spm.vocab"] = (
             prefix + ".model",
             prefix + ".vocab",

@@ -54,6 +54,25 @@ def intersection_links(matrix: np.ndarray) -> set:
     return set(decoding.hard_alignments(matrix, *matrix.shape, "intersection"))
 
 
+def row_figures(model, gold_set: EvalSet, config, args, step: int) -> dict:
+    """AER / precision / recall of the threshold and intersection links of the head's rows
+    (token-level runs); saves the rows to MODEL_DIR/gold-attention-STEP.npz."""
+    rows = soft_rows(model, gold_set, config.eval.batch_size)
+    figures = {}
+    for name, links in (
+        ("threshold", [threshold_links(m, args.threshold) for m in rows]),
+        ("intersection", [intersection_links(m) for m in rows]),
+    ):
+        scores = aer.score(links, gold_set.sure, gold_set.possible)
+        for key in ("aer", "precision", "recall"):
+            figures[f"{key}_{name}"] = 100 * scores[key]
+    np.savez_compressed(
+        os.path.join(args.model_dir, f"gold-attention-{step}.npz"),
+        *[m.astype(np.float16) for m in rows],
+    )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir")
@@ -90,26 +109,14 @@ def main() -> None:
             record["valid_bleu"] = figures["bleu"]
         if "aer" in gold:
             record.update({k: gold[k] for k in ("aer", "precision", "recall")})
-        if "aer" in gold and config.data.alignment_level == "words":
-            # The model's rows are pieces: only the evaluator's word links (its extraction,
-            # merged to the gold's words) are comparable; the piece-level columns are left out.
-            if config.params.alignment_extraction == "intersection":
+            if config.data.alignment_level == "tokens":
+                record.update(row_figures(model, gold_set, config, args, step))
+            elif config.params.alignment_extraction == "intersection":
+                # The model's rows are pieces: only the evaluator's word links (its extraction,
+                # merged to the gold's words) are comparable; the piece-level columns are left out.
                 record.update(
                     {f"{k}_intersection": gold[k] for k in ("aer", "precision", "recall")}
                 )
-        elif "aer" in gold:
-            rows = soft_rows(model, gold_set, config.eval.batch_size)
-            for name, links in (
-                ("threshold", [threshold_links(m, args.threshold) for m in rows]),
-                ("intersection", [intersection_links(m) for m in rows]),
-            ):
-                scores = aer.score(links, gold_set.sure, gold_set.possible)
-                for key in ("aer", "precision", "recall"):
-                    record[f"{key}_{name}"] = 100 * scores[key]
-            np.savez_compressed(
-                os.path.join(args.model_dir, f"gold-attention-{step}.npz"),
-                *[m.astype(np.float16) for m in rows],
-            )
         results.append(record)
         print(json.dumps(record), flush=True)
     with open(args.output, "w", encoding="utf-8") as f:
